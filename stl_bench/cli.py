@@ -1,0 +1,76 @@
+"""The `stl-bench` command line: one entry point, one module per verb.
+
+Sub-commands live in `stl_bench.commands`; each is discovered here so that the CLI
+never needs editing when a capability is added. User errors (`StlBenchError`) are
+printed as one line without a traceback, and the exit code is non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from types import ModuleType
+
+from stl_bench import __version__
+from stl_bench.errors import StlBenchError
+
+_ORDER = ["demo", "models", "train", "label", "eval", "leaderboard", "corrupt", "export", "bench", "app"]
+
+
+def _command_modules() -> list[ModuleType]:
+    import stl_bench.commands as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return [importlib.import_module(f"stl_bench.commands.{n}") for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stl-bench",
+        description=(
+            "Robust vision transformers: FAN models with Self-emerging Token Labeling (STL). "
+            "Train both STL stages, evaluate on IN-1K / IN-A / IN-R / IN-C, export to "
+            "ONNX / TensorRT, and look at token-label maps."
+        ),
+        epilog="Run `stl-bench COMMAND --help` for a command's options. Start with `stl-bench demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"stl-bench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except StlBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept and a re-run continues from it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
