@@ -1,0 +1,1 @@
+"""Data sets, their folder layouts, transforms, corruptions and the built-in demo data."""

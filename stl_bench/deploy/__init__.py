@@ -1,0 +1,1 @@
+"""Deployment: one runner interface over PyTorch, ONNX Runtime and TensorRT, and exporters."""
