@@ -1,0 +1,74 @@
+"""Build models by name, and from checkpoints, with user-facing errors.
+
+timm's registry is the only registry: these helpers add the checks a command line
+needs (an unknown name suggests close ones; a checkpoint names its own architecture and
+class count where it can) on top of `timm.create_model`.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from stl_bench.errors import StlBenchError
+from stl_bench.fan.checkpoint import CheckpointInfo, check_compatible, filter_state_dict, read_checkpoint
+
+
+def check_model_name(name: str) -> str:
+    """Return `name` if timm knows it; otherwise raise with the closest names."""
+    if timm.is_model(name):
+        return name
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " `stl-bench models --all` lists the FAN names."
+    raise StlBenchError(f"unknown model '{name}'.{hint}")
+
+
+def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
+    """`timm.create_model` for a checked name (no download: weights come from files only)."""
+    check_model_name(name)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise StlBenchError(f"model '{name}' does not accept these options: {exc}") from None
+
+
+def _classes_in_state(state: dict[str, torch.Tensor]) -> int | None:
+    head = state.get("head.weight")
+    if head is None:
+        head = state.get("head.fc.weight")
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
+
+def create_model_from_checkpoint(
+    path: Path | str,
+    model_name: str | None = None,
+    use_ema: bool = False,
+    num_classes: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Build the model a checkpoint was trained as and load its weights strictly.
+
+    The architecture comes from `model_name`, else from the file (`arch`, which our
+    checkpoints and the official timm-0.5.4 ones record); the class count from
+    `num_classes`, else the file, else the shape of its head.
+    """
+    state, info = read_checkpoint(path, use_ema=use_ema)
+    name = model_name or info.arch
+    if not name:
+        raise StlBenchError(f"checkpoint {path} does not record its architecture; pass --model NAME")
+    check_model_name(name)
+    classes = num_classes or info.num_classes or _classes_in_state(state)
+    model_kwargs = dict(info.model_kwargs)
+    model_kwargs.update(kwargs)
+    if classes is not None:
+        model_kwargs["num_classes"] = classes
+    model = create_model(name, **model_kwargs)
+    state = filter_state_dict(state, model)
+    check_compatible(state, model, Path(path), name)
+    model.load_state_dict(state, strict=True)
+    info.arch = name
+    info.num_classes = classes
+    return model, info
