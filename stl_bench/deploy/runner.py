@@ -98,3 +98,83 @@ class TorchRunner(Runner):
 def fuse_token_head(cls_logits: torch.Tensor, token_logits: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
     """The official STL evaluation score: class logits + weight x per-class max over tokens."""
     return cls_logits + weight * token_logits.max(dim=1).values
+
+
+HEADS = ("auto", "cls", "fused")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def resolve_head(head: str, has_tokens: bool) -> str:
+    """"auto" means the fused head for token models (how STL's numbers were measured)."""
+    if head not in HEADS:
+        from stl_bench.errors import StlBenchError
+
+        raise StlBenchError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
+    if head == "auto":
+        return "fused" if has_tokens else "cls"
+    if head == "fused" and not has_tokens:
+        from stl_bench.errors import StlBenchError
+
+        raise StlBenchError("the fused head needs a token-label model (a `*_token` variant); use --head cls")
+    return head
+
+
+def open_runner(
+    source: str | None = None,
+    *,
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+    head: str = "auto",
+    use_ema: bool = False,
+    num_classes: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Runner:
+    """Open whatever a user points at as a `Runner`.
+
+    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file
+    or a TensorRT engine; with no source, `model_name` builds a randomly initialised
+    model (for benchmarks and smoke tests; a warning says so).
+    """
+    import logging
+    from pathlib import Path
+
+    import timm.data
+
+    from stl_bench.errors import StlBenchError
+    from stl_bench.fan.factory import create_model, create_model_from_checkpoint
+
+    if source is not None:
+        path = Path(source)
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            from stl_bench.deploy.onnx_runner import OnnxRunner
+
+            return OnnxRunner.open(path, device=device, head=head)
+        if suffix in ENGINE_SUFFIXES:
+            from stl_bench.deploy.tensorrt_runner import TensorRTRunner
+
+            return TensorRTRunner.open(path, device=device, head=head)
+        model, ckpt = create_model_from_checkpoint(path, model_name, use_ema=use_ema, num_classes=num_classes)
+        name, weights, class_names = ckpt.arch, f"{ckpt.weights}:{path.name}", ckpt.class_names
+        extra = {"checkpoint": str(path), "checkpoint_format": ckpt.format}
+    else:
+        if not model_name:
+            raise StlBenchError("nothing to run: pass a checkpoint, an ONNX file or an engine, or --model NAME")
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        model = create_model(model_name, **kwargs)
+        logging.getLogger(__name__).warning("%s has random weights: no checkpoint was given", model_name)
+        name, weights, class_names, extra = model_name, "random-init", None, {}
+    has_tokens = bool(getattr(model, "has_token_head", False))
+    info = RunnerInfo(
+        name=name,
+        backend="torch",
+        num_classes=int(getattr(model, "num_classes", 0)),
+        data_config=timm.data.resolve_data_config({}, model=model),
+        has_tokens=has_tokens,
+        head=resolve_head(head, has_tokens),
+        weights=weights,
+        class_names=class_names,
+        extra=extra,
+    )
+    return TorchRunner(model, info, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
