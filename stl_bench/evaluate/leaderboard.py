@@ -1,0 +1,182 @@
+"""The leaderboard CSV: one row per evaluated model, updated in place by later runs.
+
+A row is keyed by model, checkpoint hash, head, weights and preprocessing: results that
+differ in any of these are different results and get different rows. A later run of
+the same key overwrites the columns it measured and keeps the others, so evaluating
+IN-A next week does not erase last week's IN-C. Settings that only some metrics depend
+on (the IN-A/IN-R scoring mode, the CE reference, files vs on-the-fly IN-C) travel with
+those metrics: when a setting changes, the old metrics that depended on it are cleared
+rather than left beside a setting they were not measured with. Rows of other models are
+never touched; the file is rewritten atomically under a lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from stl_bench.errors import StlBenchError
+from stl_bench.evaluate.results import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ["model", "checkpoint", "head", "weights", "preprocessing"]
+INFO_COLUMNS = ["params", "input_size", "backend", "images_per_s", "date", "versions", "checkpoint_path",
+                "a_r_mode", "normalizer", "inc_mode", "bad_images", "notes"]
+METRIC_ORDER = ["in1k_top1", "in1k_top5", "in1k_ece", "inc_acc", "inc_mce", "inc_rel_mce", "inc_extra_mce",
+                "inc_acc_all", "inc_ece", "in_a", "in_a_ece", "in_r", "in_r_ece"]
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    "a_r_mode": ("in_a", "in_r"),
+    "normalizer": ("inc_mce", "inc_rel_mce", "inc_extra_mce", "ce_"),
+    "inc_mode": ("inc_", "ce_"),
+}
+# Reported numbers in model cards (percent) and the leaderboard column each compares with.
+CARD_METRICS = {"in1k_top1": "in1k_top1", "inc_acc": "inc_acc", "inc_mce": "inc_mce", "in_a": "in_a", "in_r": "in_r"}
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v == "")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the CSV between concurrent eval jobs."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_leaderboard(path: Path | str):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise StlBenchError(f"leaderboard {path} does not exist; run `stl-bench eval` first (it writes one)")
+    try:
+        return pd.read_csv(path, dtype={"checkpoint": str})
+    except (ValueError, OSError) as exc:
+        raise StlBenchError(f"leaderboard {path} is not a readable CSV ({exc}); restore or delete it") from exc
+
+
+def _ordered(columns: list[str]) -> list[str]:
+    first = [c for c in KEY_COLUMNS + INFO_COLUMNS[:2] if c in columns]
+    metrics = [c for c in METRIC_ORDER if c in columns]
+    ce = sorted(c for c in columns if c.startswith("ce_"))
+    rest_info = [c for c in INFO_COLUMNS[2:] if c in columns]
+    known = set(first) | set(metrics) | set(ce) | set(rest_info)
+    other = sorted(c for c in columns if c not in known)
+    return first + metrics + other + ce + rest_info
+
+
+def merge_row(table, row: dict[str, Any]):
+    """The leaderboard with `row` merged in (pure: no file access)."""
+    import pandas as pd
+
+    missing_keys = [k for k in KEY_COLUMNS if _missing(row.get(k))]
+    if missing_keys:
+        raise ValueError(f"leaderboard row lacks key column(s) {missing_keys}")
+    row = {k: v for k, v in row.items()}
+    if table is None or table.empty:
+        table = pd.DataFrame(columns=KEY_COLUMNS)
+    table = table.copy()
+    for col in row:
+        if col not in table.columns:
+            table[col] = pd.Series([None] * len(table), dtype=object)
+    table = table.astype({c: object for c in table.columns})
+    match = table.index[
+        (table[KEY_COLUMNS].astype(str) == pd.Series({k: str(row[k]) for k in KEY_COLUMNS})).all(axis=1)
+    ]
+    if len(match) == 0:
+        table.loc[len(table)] = {c: row.get(c) for c in table.columns}
+        table = table.reset_index(drop=True)
+    else:
+        i = match[0]
+        for setting, prefixes in SETTING_GROUPS.items():
+            new, old = row.get(setting), table.at[i, setting] if setting in table.columns else None
+            if _missing(new) or _missing(old) or str(new) == str(old):
+                continue
+            stale = [c for c in table.columns if c.startswith(prefixes) and _missing(row.get(c))]
+            if stale:
+                log.warning("%s changed (%s -> %s): clearing %s measured with the old setting",
+                            setting, old, new, ", ".join(stale))
+                for c in stale:
+                    table.at[i, c] = None
+        for col, val in row.items():
+            if not _missing(val):
+                table.at[i, col] = val
+    return table[_ordered(list(table.columns))]
+
+
+def update_leaderboard(path: Path | str, row: dict[str, Any]):
+    """Merge `row` into the CSV at `path` (created if absent) and rewrite it atomically."""
+    import pandas as pd
+
+    path = Path(path)
+    with _locked(path):
+        table = pd.read_csv(path, dtype={"checkpoint": str}) if path.is_file() else None
+        merged = merge_row(table, row)
+        atomic_write_text(path, merged.to_csv(index=False, float_format="%.4f"))
+    return merged
+
+
+# -- model cards ---------------------------------------------------------------------------------
+def load_model_cards(cards_dir: Path | str | None = None) -> dict[str, dict]:
+    """Model cards keyed by name: from `stl_bench.fan.cards` when it exists, else the
+    `*.json` files of `cards_dir`. Missing cards are not an error: nothing to compare."""
+    if cards_dir is None:
+        try:
+            from stl_bench.fan.cards import load_cards
+        except ImportError:
+            cards_dir = Path("models")
+        else:
+            return dict(load_cards())
+    cards: dict[str, dict] = {}
+    cards_dir = Path(cards_dir)
+    if not cards_dir.is_dir():
+        return cards
+    for path in sorted(cards_dir.glob("*.json")):
+        try:
+            card = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            log.warning("model card %s is not valid JSON (%s); skipped", path, exc)
+            continue
+        cards[str(card.get("name", path.stem))] = card
+    return cards
+
+
+def _card_for(model: str, cards: dict[str, dict]) -> dict | None:
+    for name, card in cards.items():
+        if model in (name, card.get("name"), card.get("arch")):
+            return card
+    return None
+
+
+def compare_with_cards(table, cards: dict[str, dict]):
+    """Long table: model, metric, reported, measured, difference (measured - reported)."""
+    import pandas as pd
+
+    rows = []
+    for _, r in table.iterrows():
+        card = _card_for(str(r["model"]), cards)
+        if card is None:
+            continue
+        for key, col in CARD_METRICS.items():
+            reported = (card.get("reported") or {}).get(key)
+            if reported is None:
+                continue
+            measured = r.get(col)
+            measured = float(measured) if not _missing(measured) else math.nan
+            rows.append({"model": r["model"], "checkpoint": r.get("checkpoint"), "head": r.get("head"),
+                         "metric": key, "reported": float(reported), "measured": measured,
+                         "difference": measured - float(reported)})
+    return pd.DataFrame(rows, columns=["model", "checkpoint", "head", "metric", "reported", "measured",
+                                       "difference"])
