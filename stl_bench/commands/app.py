@@ -1,0 +1,79 @@
+"""`stl-bench app`: the Gradio page that shows token-label maps for any image."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+NAME = "app"
+HELP = "serve a web page that shows per-patch token-label maps for any image"
+DESCRIPTION = (
+    "Serve a Gradio page: upload an image and see the top-5 classes, the per-patch token-label "
+    "map, the per-patch confidence, the tokens a hard Gumbel-Softmax draw keeps, and the "
+    "labeler and student maps side by side. With no --model it opens the runs that "
+    "`stl-bench demo` writes. Binds to 127.0.0.1 unless --host says otherwise."
+)
+
+log = logging.getLogger(__name__)
+
+# app/examples in a source checkout; an installed package has no app folder and no examples.
+_REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "app" / "examples"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="a checkpoint (.pt/.pth/.pth.tar/.safetensors) or .onnx file; repeat for more")
+    parser.add_argument("--teacher", metavar="PATH", default=None,
+                        help="the stage-1 labeler; with it, the first --model is shown as its student side by side")
+    parser.add_argument("--demo-dir", default="stl_bench_runs/demo",
+                        help="where `stl-bench demo` wrote labeler/, student/, baseline/ (used when no --model)")
+    parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                        help="checkpoint weights: EMA when present (auto), or force one")
+    parser.add_argument("--head", choices=("auto", "cls", "fused"), default="auto",
+                        help="class score of token models: fused = class + 0.5 x token max (STL's evaluation)")
+    parser.add_argument("--device", default="cpu", help="torch device for checkpoints")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the page to the network")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
+    parser.add_argument("--examples", default=None, metavar="DIR",
+                        help="folder of example images (default: the checkout's app/examples)")
+
+
+def example_files(folder: Path | None) -> list[Path]:
+    """Image files in `folder`, sorted; none when it does not exist."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_from_args(args: argparse.Namespace):
+    """Open the models and build the page (gradio is imported here, not at CLI start)."""
+    from stl_bench.ui.blocks import build_demo
+    from stl_bench.ui.catalog import build_catalog
+
+    catalog = build_catalog(
+        models=[Path(m) for m in args.model],
+        teacher=Path(args.teacher) if args.teacher else None,
+        demo_root=Path(args.demo_dir),
+        device=args.device,
+        head=args.head,
+        weights=args.weights,
+    )
+    if not catalog.entries:
+        log.warning(catalog.empty_message)
+    examples = example_files(Path(args.examples) if args.examples else _REPO_EXAMPLES)
+    return build_demo(catalog, examples)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stl_bench.errors import StlBenchError
+    from stl_bench.ui.blocks import launch
+
+    if args.concurrency < 1:
+        raise StlBenchError("--concurrency must be at least 1")
+    demo = build_from_args(args)
+    log.info("serving on http://%s:%d (Ctrl+C stops)", args.host, args.port)
+    launch(demo, host=args.host, port=args.port, max_file_size=args.max_file_size, concurrency=args.concurrency)
+    return 0

@@ -1,0 +1,112 @@
+"""The pictures and numbers the page shows for one analysis, as PIL/numpy/dicts.
+
+Gradio-free, so the same views can be saved to files or checked in tests; `blocks`
+only wraps them in components.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from stl_bench.tokenmaps import (
+    class_color,
+    class_masks,
+    confidence_overlay,
+    display_scale,
+    hex_color,
+    kept_overlay,
+    render_label_map,
+    side_by_side,
+    upscale_image,
+)
+from stl_bench.ui.analysis import Analysis
+from stl_bench.ui.catalog import ModelEntry
+
+
+@dataclass
+class MapViews:
+    """Display-size views of one analysis's token maps.
+
+    `annotations` are (mask [h, w] in 0..1, legend text) pairs over `display`, with
+    `color_map` giving each legend text its class colour.
+    """
+
+    display: Image.Image
+    annotations: list[tuple[np.ndarray, str]]
+    color_map: dict[str, str]
+    confidence: Image.Image
+    kept: Image.Image
+
+
+def map_views(analysis: Analysis, class_names: list[str], opacity: float) -> MapViews | None:
+    """Label-map annotations, confidence and kept-token pictures; None without token maps."""
+    maps = analysis.maps
+    if maps is None:
+        return None
+    display = upscale_image(analysis.crop, display_scale(analysis.crop.size[::-1]))
+    total = maps.labels.size
+    counts = dict(maps.class_counts())
+    annotations, color_map = [], {}
+    for mask, group in class_masks(maps.labels, display.size, opacity):
+        n = sum(counts[c] for c in group)
+        if len(group) == 1:
+            text = f"{class_names[group[0]]} ({n}/{total})"
+            color = class_color(group[0])
+        else:
+            text = f"{len(group)} other classes ({n}/{total})"
+            color = (128, 128, 128)
+        annotations.append((mask, text))
+        color_map[text] = hex_color(color)
+    return MapViews(
+        display=display,
+        annotations=annotations,
+        color_map=color_map,
+        confidence=confidence_overlay(display, maps.confidence, opacity),
+        kept=kept_overlay(display, maps, opacity),
+    )
+
+
+def comparison_view(labeler: Analysis, student: Analysis, class_names: list[str],
+                    opacity: float) -> tuple[Image.Image, float]:
+    """Labeler and student label maps side by side, and the share of patches they agree on."""
+    if labeler.maps is None or student.maps is None:
+        raise ValueError("both models need token maps to be compared")
+    if labeler.maps.grid != student.maps.grid:
+        agreement = float("nan")
+    else:
+        agreement = float((labeler.maps.labels == student.maps.labels).mean())
+    pictures = []
+    for title, result in (("labeler (stage 1)", labeler), ("student (stage 2)", student)):
+        display = upscale_image(result.crop, display_scale(result.crop.size[::-1]))
+        pictures.append(render_label_map(display, result.maps, class_names, opacity, title=title))
+    return side_by_side(pictures), agreement
+
+
+def details(entry: ModelEntry, analysis: Analysis, total_ms: float) -> dict:
+    """The numbers behind the pictures, for the page's JSON panel and API clients."""
+    info = entry.runner.info
+    out: dict = {
+        "model": entry.key,
+        "arch": info.name,
+        "backend": info.backend,
+        "head": info.head,
+        "input_size": list(info.data_config["input_size"]),
+        "top5": [{"class": name, "prob": round(p, 4)} for name, p in analysis.top],
+        "timing_ms": {k: round(v, 1) for k, v in {**analysis.timings_ms, "total": total_ms}.items()},
+    }
+    maps = analysis.maps
+    if maps is not None:
+        names = entry.class_names
+        out.update({
+            "grid": list(maps.grid),
+            "labels": [[names[c] for c in row] for row in maps.labels.tolist()],
+            "classes_present": analysis.class_counts(names),
+            "confidence": np.round(maps.confidence, 3).tolist(),
+            "gumbel_seed": maps.seed,
+            "gumbel_kept": int(maps.kept.sum()),
+            "gumbel_expected_kept": round(maps.expected_kept(), 2),
+            "gumbel_sampled": [[names[c] for c in row] for row in maps.sampled.tolist()],
+        })
+    return out
