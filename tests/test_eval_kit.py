@@ -56,8 +56,9 @@ def make_runner(table: torch.Tensor, class_names=None, name: str = "lookup", hea
 
 
 def logits_table(num_classes: int, spec: dict[int, dict[int, float]], rows: int = 1000) -> torch.Tensor:
-    """A [rows, C] table, zero except `spec[id][class] = logit`."""
-    table = torch.zeros(rows, num_classes)
+    """A [rows, C] table with `spec[id][class] = logit` over a strictly decreasing
+    background (-0.001 x class index), so that top-k never meets a tie."""
+    table = (-1e-3 * torch.arange(num_classes, dtype=torch.float32)).repeat(rows, 1)
     for code, entries in spec.items():
         for cls, value in entries.items():
             table[code, cls] = value
