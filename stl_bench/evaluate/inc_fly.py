@@ -21,7 +21,7 @@ from torchvision.transforms import functional as TF
 
 from stl_bench.evaluate.suites import View
 
-CorruptFn = Callable[[torch.Tensor, str, int, torch.Tensor], torch.Tensor]
+CorruptFn = Callable[[torch.Tensor, str, int, list[int]], torch.Tensor]
 SeedFn = Callable[[str, str, int], int]
 JpegFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,29 +37,13 @@ class _ImageNetCCrop:
 
 
 def source_transform() -> Callable[[Image.Image], torch.Tensor]:
-    """The clean 224 px crop every corruption starts from (the corruption module's
-    `IMAGENET_C_PRE` when present, so both commands crop the same way)."""
+    """The clean 224 px crop every corruption starts from: the corruption module's own
+    `imagenet_c_pipeline` when present, so `corrupt` and `eval` crop the same way."""
     try:
-        from stl_bench.data.corruptions import IMAGENET_C_PRE
+        from stl_bench.data.corruptions import imagenet_c_pipeline
     except ImportError:
         return _ImageNetCCrop()
-    return _Compose(IMAGENET_C_PRE)
-
-
-class _Compose:
-    """Wraps the corruption module's crop so it always ends in a uint8 CHW tensor."""
-
-    def __init__(self, pre: Callable) -> None:
-        self.pre = pre
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        out = self.pre(img)
-        if isinstance(out, Image.Image):
-            return TF.pil_to_tensor(out.convert("RGB"))
-        out = torch.as_tensor(out)
-        if out.dtype != torch.uint8:
-            out = (out.float() * (255.0 if out.is_floating_point() and out.max() <= 1.0 else 1.0)).round().clamp(0, 255).to(torch.uint8)
-        return out
+    return imagenet_c_pipeline
 
 
 @dataclass
@@ -79,6 +63,6 @@ class CorruptionViews:
 
     def __call__(self, images: torch.Tensor, keys: list[str], view: View) -> torch.Tensor:
         assert view.corruption is not None, "on-the-fly views carry a corruption"
-        seeds = torch.tensor([self.seed(k, view.corruption, view.severity) for k in keys], dtype=torch.int64)
+        seeds = [self.seed(k, view.corruption, view.severity) for k in keys]
         out = self.corrupt(images, view.corruption, view.severity, seeds)
         return self.jpeg(out)
