@@ -134,6 +134,27 @@ class OnnxMetadata:
             ) from None
 
 
+def metadata_for(model: nn.Module, arch: str, *, tokens: bool, class_names: Sequence[str] | None = None,
+                 checkpoint_sha256: str = "", weights: str = "", img_size: int | None = None) -> OnnxMetadata:
+    """The metadata of an export of `model` (preprocessing from its timm config)."""
+    import timm.data
+
+    from stl_bench import __version__
+
+    data_config = dict(timm.data.resolve_data_config({}, model=model))
+    if img_size:
+        data_config["input_size"] = (data_config["input_size"][0], img_size, img_size)
+    num_classes = int(getattr(model, "num_classes", 0))
+    if class_names is not None and len(class_names) != num_classes:
+        raise StlBenchError(f"{len(class_names)} class names for a {num_classes}-class model; fix the checkpoint's class_names")
+    grid = tuple(model.token_grid(tuple(data_config["input_size"][-2:]))) if tokens else None
+    return OnnxMetadata(
+        arch=arch, num_classes=num_classes, has_tokens=tokens, data_config=data_config,
+        class_names=list(class_names) if class_names else None, checkpoint_sha256=checkpoint_sha256,
+        weights=weights, token_grid=grid, stl_bench_version=__version__,
+    )
+
+
 def read_metadata(path: Path | str) -> OnnxMetadata:
     """The stl-bench metadata of an ONNX file (weights are not loaded)."""
     import onnx
@@ -182,6 +203,9 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make exports private
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,143 @@
+"""`stl-bench export`: a checkpoint to a checked ONNX file, or an ONNX file to a TensorRT engine."""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+NAME = "export"
+HELP = "export a checkpoint to ONNX (parity-checked, FP16 optional) or build a TensorRT engine"
+DESCRIPTION = (
+    "Export a checkpoint to ONNX with a dynamic batch, its preprocessing and class names in the file's "
+    "metadata, and a parity check against PyTorch that must pass before the file is written. With an "
+    "--output ending in .engine/.plan/.trt, build a TensorRT engine (from the checkpoint via ONNX, or from "
+    "an exported .onnx file); --fp16 makes the graph (and so the engine) half precision with LayerNorm, "
+    "softmax and reductions kept in FP32."
+)
+from stl_bench.deploy.runner import ENGINE_SUFFIXES  # noqa: E402  (light: torch only)
+log = logging.getLogger(__name__)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got '{text}'")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
+                        "exported .onnx file; omit with --model for random weights (smoke tests)")
+    parser.add_argument("--output", "-o", required=True, type=Path, help="FILE.onnx, or FILE.engine for TensorRT")
+    parser.add_argument("--model", help="architecture, if the checkpoint does not record it")
+    parser.add_argument("--num-classes", type=int, help="class count, if the checkpoint does not record it")
+    parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
+    parser.add_argument("--tokens", action="store_true",
+                        help="also output token_logits (token-label models; needed for the fused STL head)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="FP16 graph (FP32 inputs/outputs; LayerNorm, softmax, reductions in FP32); "
+                             "the FP32 graph is kept as NAME.fp32.onnx")
+    parser.add_argument("--img-size", type=int, help="export input size (default: the model's)")
+    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (18..23)")
+    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 7], help="parity-check batch sizes")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (FP32 graph)")
+    parser.add_argument("--min-agreement", type=float, default=0.99,
+                        help="smallest allowed top-1 / token-argmax agreement of the FP16 graph on real images")
+    parser.add_argument("--images", type=Path, help="folder of real images for the parity check "
+                        "(default: scikit-learn's bundled digits)")
+    parser.add_argument("--no-rewrites", action="store_true",
+                        help="export the graph exactly as traced (no folded positional encoding, no reordered "
+                             "channel attention); for comparisons")
+    trt = parser.add_argument_group("TensorRT engine (--output FILE.engine)")
+    trt.add_argument("--min-batch", type=int, default=1)
+    trt.add_argument("--opt-batch", type=int, default=8)
+    trt.add_argument("--max-batch", type=int, default=64)
+    trt.add_argument("--workspace-gib", type=float, default=4.0, help="builder scratch memory limit")
+    trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated across builds "
+                     "(default: timing.cache beside the engine)")
+
+
+def _load_model(args: argparse.Namespace):
+    from stl_bench.errors import StlBenchError
+    from stl_bench.fan.factory import create_model, create_model_from_checkpoint
+
+    if args.source:
+        model, info = create_model_from_checkpoint(Path(args.source), args.model, use_ema=args.ema,
+                                                   num_classes=args.num_classes)
+        return model, info.arch, info.class_names, info.sha256, f"{info.weights}:{Path(args.source).name}"
+    if not args.model:
+        raise StlBenchError("nothing to export: pass a checkpoint, or --model NAME for random weights")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    log.warning("%s has random weights: no checkpoint was given", args.model)
+    return create_model(args.model, **kwargs), args.model, None, "", "random-init"
+
+
+def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
+    """Export, check parity (FP32, then FP16 if asked) in a scratch folder, then move into place."""
+    import os
+
+    from stl_bench.deploy.export_onnx import (
+        GraphOptions, check_parity, convert_fp16, export_onnx, metadata_for, real_images)
+    from stl_bench.errors import StlBenchError
+
+    model, arch, class_names, sha256, weights = _load_model(args)
+    if getattr(model, "has_token_head", False) and not args.tokens:
+        log.info("%s is a token-label model: add --tokens to export token_logits (needed for the fused STL head)",
+                 arch)
+    meta = metadata_for(model, arch, tokens=args.tokens, class_names=class_names, checkpoint_sha256=sha256,
+                        weights=weights, img_size=args.img_size)
+    real = real_images(meta.data_config, max(32, *args.batch_sizes), args.images)
+    options = GraphOptions(False, False) if args.no_rewrites else GraphOptions()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch:
+        fp32 = export_onnx(model, Path(scratch) / "model.onnx", meta, opset=args.opset, options=options)
+        checks = [(fp32, check_parity(model, fp32, batch_sizes=args.batch_sizes, atol=args.atol, real=real))]
+        if args.fp16:
+            fp16 = convert_fp16(fp32, Path(scratch) / "model.fp16.onnx")
+            checks.append((fp16, check_parity(model, fp16, batch_sizes=args.batch_sizes, real=real,
+                                              min_agreement=args.min_agreement)))
+        final_names = [output.with_name(output.stem + ".fp32.onnx"), output] if args.fp16 else [output]
+        for (_, report), name in zip(checks, final_names):
+            report.path = str(name)
+            print(report.table())
+        failed = [r for _, r in checks if not r.passed]
+        if failed:
+            raise StlBenchError(f"{output}: parity check failed ({failed[0].reason}); nothing was written. "
+                                "Raise --atol/--min-agreement only if the differences above are acceptable")
+        for (path, _), name in zip(checks, final_names):
+            os.replace(path, name)
+    print(f"wrote {output}" + (f" and {output.stem}.fp32.onnx" if args.fp16 else ""))
+    return output
+
+
+def run(args: argparse.Namespace) -> int:
+    from stl_bench.errors import StlBenchError
+
+    output: Path = args.output
+    suffix = output.suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        from stl_bench.deploy.tensorrt import BatchProfile, build_engine, import_tensorrt
+
+        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+        import_tensorrt()  # no GPU or no TensorRT: say so before minutes of export work
+        if args.source and Path(args.source).suffix.lower() == ".onnx":
+            onnx_path = Path(args.source)
+        else:
+            onnx_path = export_checked_onnx(args, output.with_suffix(".onnx"))
+        sidecar = build_engine(onnx_path, output, profile=profile, workspace_gib=args.workspace_gib,
+                               timing_cache=args.timing_cache or output.with_name("timing.cache"))
+        print(f"wrote {output} (TensorRT {sidecar.platform.tensorrt_version}, {sidecar.platform.gpu_name}, "
+              f"batch {profile.min}..{profile.max}) and {output.name}.json")
+        return 0
+    if suffix != ".onnx":
+        raise StlBenchError(f"--output {output} must end in .onnx or one of {', '.join(ENGINE_SUFFIXES)}")
+    if args.source and Path(args.source).suffix.lower() == ".onnx":
+        raise StlBenchError(f"{args.source} is already ONNX; export from the checkpoint, or pass --output FILE.engine")
+    export_checked_onnx(args, output)
+    return 0
