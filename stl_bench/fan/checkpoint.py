@@ -64,18 +64,32 @@ def file_sha256(path: Path | str) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+def _reason(exc: Exception) -> str:
+    """The informative line of a torch.load error (its first lines are boilerplate)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported global" in ln or "Unpickler error" in ln:
+            return ln[:200]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
 def _torch_load(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc) and "GLOBAL" not in str(exc):
+            raise StlBenchError(
+                f"{path} is not a readable PyTorch checkpoint ({_reason(exc)}); "
+                "it may be truncated (re-download or re-copy it) or not a checkpoint at all"
+            ) from None
         raise StlBenchError(
-            f"{path} holds pickled objects that could run code ({str(exc).splitlines()[0][:200]}); "
+            f"{path} holds pickled objects that could run code ({_reason(exc)}); "
             "it was not loaded. Re-save only its state_dict (or convert it to safetensors) from a trusted environment"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError) as exc:
         raise StlBenchError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {_reason(exc)}); "
             "it may be truncated (re-download or re-copy it) or not a checkpoint at all"
         ) from None
 
