@@ -19,24 +19,22 @@ factor so every patch is a square block of pixels.
 from __future__ import annotations
 
 import colorsys
-import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-log = logging.getLogger(__name__)
-
-# matplotlib's tab10, then tab20's light shades: distinct for the first 20 classes, so the
-# 10 demo digits get the colours people know from plots.
+# matplotlib's tab10, then tab20's light shades: distinct for the first 20 classes. Their
+# greys are replaced (yellow, mint) because grey means "dropped token" and "other classes".
 _BASE_PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#8c564b", "#e377c2", "#ffe119", "#bcbd22", "#17becf",
     "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#c49c94", "#f7b6d2", "#aaffc3", "#dbdb8d", "#9edae5",
 ]
 # Golden-ratio hue steps give well-spread colours for any number of further classes.
 _GOLDEN = 0.618033988749895
@@ -52,8 +50,9 @@ def class_color(index: int) -> tuple[int, int, int]:
         h = _BASE_PALETTE[index].lstrip("#")
         return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
     hue = (index * _GOLDEN) % 1.0
-    sat = 0.55 + 0.35 * ((index // 7) % 2)
-    r, g, b = colorsys.hsv_to_rgb(hue, sat, 0.9)
+    sat = (0.9, 0.7, 0.5)[index % 3]  # hues alone repeat at 8-bit precision for ~1000 classes
+    val = (0.95, 0.75)[(index // 3) % 2]
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
     return int(r * 255), int(g * 255), int(b * 255)
 
 
@@ -149,6 +148,10 @@ def compute_token_maps(token_logits: torch.Tensor | np.ndarray, grid: tuple[int,
 
 
 # --- rendering -------------------------------------------------------------------------
+# Overlays are blended at the model's input resolution and then upscaled with nearest
+# neighbour: each patch is a constant colour, so this equals blending at display size at a
+# fraction of the cost (the page must answer in well under a second on a busy CPU).
+# Grid lines, crosses and numbers are drawn after the upscale, where they have room.
 def display_scale(input_hw: tuple[int, int], target: int = DISPLAY_TARGET) -> int:
     """The integer upscale factor that brings an input crop to about `target` pixels."""
     return max(1, round(target / max(input_hw)))
@@ -170,14 +173,16 @@ def expand_grid(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return grid[ys[:, None], xs[None, :]]
 
 
-def blend(image: Image.Image, colors: np.ndarray, alpha: np.ndarray) -> Image.Image:
-    """Alpha-blend per-pixel colours `[h, w, 3]` over an RGB image with alpha `[h, w]` in 0..1."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    a = np.clip(alpha, 0.0, 1.0)[..., None].astype(np.float32)
-    out = base * (1.0 - a) + colors.astype(np.float32) * a
-    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+def tint(image: Image.Image, cell_colors: np.ndarray, cell_alpha: np.ndarray | float) -> Image.Image:
+    """Blend per-patch colours `[rows, cols, 3]` over an RGB image with per-patch alpha in 0..1."""
+    base = image.convert("RGB")
+    colors = Image.fromarray(expand_grid(np.ascontiguousarray(cell_colors, dtype=np.uint8), base.size))
+    alpha = np.broadcast_to(np.asarray(cell_alpha, dtype=np.float32), cell_colors.shape[:2])
+    mask = Image.fromarray(expand_grid((np.clip(alpha, 0.0, 1.0) * 255).round().astype(np.uint8), base.size))
+    return Image.composite(colors, base, mask)
 
 
+@lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
@@ -197,17 +202,16 @@ def draw_grid_lines(image: Image.Image, grid: tuple[int, int], color: tuple[int,
         draw.line([(x, 0), (x, image.height)], fill=color, width=1)
 
 
-def label_overlay(image: Image.Image, labels: np.ndarray, opacity: float) -> Image.Image:
-    """Each patch tinted with its class colour at `opacity` over the (display) image."""
+def label_overlay(crop: Image.Image, labels: np.ndarray, opacity: float, scale: int = 1) -> Image.Image:
+    """Each patch tinted with its class colour at `opacity`, upscaled by `scale`, grid drawn."""
     palette = class_palette(int(labels.max()) + 1)
-    colors = expand_grid(palette[labels], image.size)
-    out = blend(image, colors, np.full(colors.shape[:2], opacity, dtype=np.float32))
+    out = upscale_image(tint(crop, palette[labels], opacity), scale)
     draw_grid_lines(out, labels.shape)
     return out
 
 
 def confidence_colors(confidence: np.ndarray) -> np.ndarray:
-    """Viridis colours `[rows, cols, 3]` for probabilities in 0..1."""
+    """Viridis colours `[..., 3]` uint8 for probabilities in 0..1."""
     import matplotlib  # imported here: only rendering needs it
 
     cmap = matplotlib.colormaps["viridis"]
@@ -220,47 +224,67 @@ def _short_prob(p: float) -> str:
     return "1.0" if text.startswith("1") else text[1:]
 
 
-def confidence_overlay(image: Image.Image, confidence: np.ndarray, opacity: float) -> Image.Image:
-    """Per-patch confidence as a viridis heat map over the image, values printed when they fit."""
-    colors = expand_grid(confidence_colors(confidence), image.size)
-    out = blend(image, colors, np.full(colors.shape[:2], opacity, dtype=np.float32))
-    rows, cols = confidence.shape
-    cell = min(out.width // cols, out.height // rows)
-    if cell >= 26:
-        draw = ImageDraw.Draw(out)
-        font = _font(max(8, cell // 3))
-        for r in range(rows):
-            for c in range(cols):
-                x = (c + 0.5) * out.width / cols
-                y = (r + 0.5) * out.height / rows
-                draw.text((x, y), _short_prob(float(confidence[r, c])), fill=(255, 255, 255),
-                          font=font, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
-    draw_grid_lines(out, confidence.shape)
+@lru_cache(maxsize=512)
+def _text_stamp(text: str, size: int) -> Image.Image:
+    """White outlined text on transparency, rendered once per string: a 14x14 map prints
+    196 numbers per request and FreeType rendering would dominate the response time."""
+    font = _font(size)
+    left, top, right, bottom = font.getbbox(text, stroke_width=1)
+    stamp = Image.new("RGBA", (right - left + 2, bottom - top + 2), (0, 0, 0, 0))
+    ImageDraw.Draw(stamp).text((1 - left, 1 - top), text, fill=(255, 255, 255), font=font,
+                               stroke_width=1, stroke_fill=(0, 0, 0))
+    return stamp
+
+
+def add_colorbar(image: Image.Image, label: str = "confidence") -> Image.Image:
+    """A 0..1 viridis bar with its label under an image."""
+    font = _font(13)
+    bar_h, pad = 12, 4
+    out = Image.new("RGB", (image.width, image.height + bar_h + 22), (255, 255, 255))
+    out.paste(image, (0, 0))
+    ramp = confidence_colors(np.linspace(0.0, 1.0, max(2, image.width - 2 * pad)))[None]
+    out.paste(Image.fromarray(np.repeat(ramp, bar_h, axis=0)), (pad, image.height + pad))
+    draw = ImageDraw.Draw(out)
+    y = image.height + pad + bar_h + 1
+    draw.text((pad, y), "0", fill=(0, 0, 0), font=font)
+    draw.text((image.width // 2, y), label, fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((image.width - pad, y), "1", fill=(0, 0, 0), font=font, anchor="ra")
     return out
 
 
-def kept_overlay(image: Image.Image, maps: TokenMaps, opacity: float) -> Image.Image:
-    """Kept tokens in their class colour; dropped ones greyed with a cross in the noisy class's colour."""
+def confidence_overlay(crop: Image.Image, confidence: np.ndarray, opacity: float, scale: int = 1) -> Image.Image:
+    """Per-patch confidence as a viridis heat map, values printed where they fit, with a colour bar."""
+    out = upscale_image(tint(crop, confidence_colors(confidence), opacity), scale)
+    rows, cols = confidence.shape
+    cell = min(out.width // cols, out.height // rows)
+    if cell >= 26:
+        size = max(8, cell // 3)
+        for r in range(rows):
+            for c in range(cols):
+                stamp = _text_stamp(_short_prob(float(confidence[r, c])), size)
+                x = int((c + 0.5) * out.width / cols) - stamp.width // 2
+                y = int((r + 0.5) * out.height / rows) - stamp.height // 2
+                out.paste(stamp, (x, y), stamp)
+    draw_grid_lines(out, confidence.shape)
+    return add_colorbar(out, "top-class probability (keep chance)")
+
+
+def kept_overlay(crop: Image.Image, maps: TokenMaps, opacity: float, scale: int = 1) -> Image.Image:
+    """Kept tokens in their class colour; dropped ones greyed with a cross in the drawn class's colour."""
     rows, cols = maps.grid
     palette = class_palette(int(max(maps.labels.max(), maps.sampled.max())) + 1)
-    gray = image.convert("L").convert("RGB")
-    base = Image.composite(image.convert("RGB"), gray, Image.fromarray(
-        (expand_grid(maps.kept, image.size) * 255).astype(np.uint8), mode="L"))
-    colors = expand_grid(palette[maps.labels], image.size)
-    alpha = expand_grid(np.where(maps.kept, opacity, 0.0).astype(np.float32), image.size)
-    out = blend(base, colors, alpha)
+    rgb = crop.convert("RGB")
+    keep_mask = Image.fromarray(expand_grid(maps.kept.astype(np.uint8) * 255, rgb.size))
+    base = Image.composite(rgb, rgb.convert("L").convert("RGB"), keep_mask)
+    out = upscale_image(tint(base, palette[maps.labels], np.where(maps.kept, opacity, 0.0)), scale)
     draw = ImageDraw.Draw(out)
-    pad = 2
-    for r in range(rows):
-        for c in range(cols):
-            if maps.kept[r, c]:
-                continue
-            x0, x1 = c * out.width // cols + pad, (c + 1) * out.width // cols - pad
-            y0, y1 = r * out.height // rows + pad, (r + 1) * out.height // rows - pad
-            color = class_color(int(maps.sampled[r, c]))
-            width = max(1, (x1 - x0) // 10)
-            draw.line([(x0, y0), (x1, y1)], fill=color, width=width)
-            draw.line([(x0, y1), (x1, y0)], fill=color, width=width)
+    for r, c in zip(*np.nonzero(~maps.kept)):
+        x0, x1 = c * out.width // cols + 2, (c + 1) * out.width // cols - 2
+        y0, y1 = r * out.height // rows + 2, (r + 1) * out.height // rows - 2
+        color = class_color(int(maps.sampled[r, c]))
+        width = max(1, (x1 - x0) // 10)
+        draw.line([(x0, y0), (x1, y1)], fill=color, width=width)
+        draw.line([(x0, y1), (x1, y0)], fill=color, width=width)
     draw_grid_lines(out, maps.grid)
     return out
 
@@ -316,10 +340,10 @@ def legend_entries(maps: TokenMaps, class_names: Sequence[str],
     return rows
 
 
-def render_label_map(image: Image.Image, maps: TokenMaps, class_names: Sequence[str],
-                     opacity: float, title: str | None = None) -> Image.Image:
+def render_label_map(crop: Image.Image, maps: TokenMaps, class_names: Sequence[str], opacity: float,
+                     scale: int = 1, title: str | None = None) -> Image.Image:
     """A self-contained label-map picture: overlay plus legend (for files and comparisons)."""
-    return add_legend(label_overlay(image, maps.labels, opacity), legend_entries(maps, class_names), title)
+    return add_legend(label_overlay(crop, maps.labels, opacity, scale), legend_entries(maps, class_names), title)
 
 
 def side_by_side(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:

@@ -113,8 +113,9 @@ def _analyze(catalog: Catalog, image_path: str | None, model_key: str | None, op
     if loaded.notes:
         lines.append("Input: " + "; ".join(loaded.notes) + ".")
     label = {name: prob for name, prob in result.top}
-    annotated = (gr.AnnotatedImage(value=(views.display, views.annotations), color_map=views.color_map)
-                 if views else gr.AnnotatedImage(value=None))
+    # gr.update, not a new component: the output's own postprocess (PNG, not lossy WebP) applies.
+    annotated = (gr.update(value=(views.display, views.annotations), color_map=views.color_map)
+                 if views else gr.update(value=None))
     return (
         label,
         annotated,

@@ -45,7 +45,8 @@ def map_views(analysis: Analysis, class_names: list[str], opacity: float) -> Map
     maps = analysis.maps
     if maps is None:
         return None
-    display = upscale_image(analysis.crop, display_scale(analysis.crop.size[::-1]))
+    scale = display_scale(analysis.crop.size[::-1])
+    display = upscale_image(analysis.crop, scale)
     total = maps.labels.size
     counts = dict(maps.class_counts())
     annotations, color_map = [], {}
@@ -63,8 +64,8 @@ def map_views(analysis: Analysis, class_names: list[str], opacity: float) -> Map
         display=display,
         annotations=annotations,
         color_map=color_map,
-        confidence=confidence_overlay(display, maps.confidence, opacity),
-        kept=kept_overlay(display, maps, opacity),
+        confidence=confidence_overlay(analysis.crop, maps.confidence, opacity, scale),
+        kept=kept_overlay(analysis.crop, maps, opacity, scale),
     )
 
 
@@ -79,8 +80,8 @@ def comparison_view(labeler: Analysis, student: Analysis, class_names: list[str]
         agreement = float((labeler.maps.labels == student.maps.labels).mean())
     pictures = []
     for title, result in (("labeler (stage 1)", labeler), ("student (stage 2)", student)):
-        display = upscale_image(result.crop, display_scale(result.crop.size[::-1]))
-        pictures.append(render_label_map(display, result.maps, class_names, opacity, title=title))
+        scale = display_scale(result.crop.size[::-1])
+        pictures.append(render_label_map(result.crop, result.maps, class_names, opacity, scale, title=title))
     return side_by_side(pictures), agreement
 
 
