@@ -1,0 +1,96 @@
+"""`stl-bench train`: STL stage 1 (labeler), stage 2 (student) or a plain baseline.
+
+Every field of `TrainConfig` is a flag, its docstring the help text. `--preset` loads
+the official recipe for a size (or `demo`); flags given on the command line win.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+from typing import Any
+
+NAME = "train"
+HELP = "train a token labeler (stage 1), an STL student (stage 2) or a baseline"
+DESCRIPTION = (
+    "Train with the one STL loop. Reproduce the official FAN-S hybrid STL run with "
+    "`stl-bench train --preset fan_small_hybrid --stage labeler --data /imagenet --output runs/fan_s_tl`, then "
+    "`stl-bench train --preset fan_small_hybrid --stage student --teacher runs/fan_s_tl/last.pt --data /imagenet "
+    "--output runs/fan_s_stl` (under torchrun for several GPUs). Try it on the built-in digits: "
+    "`stl-bench train --preset demo --stage labeler --output runs/demo_tl`."
+)
+
+
+def _parser_for(type_str: str) -> dict[str, Any]:
+    """argparse options for a dataclass field's (string) annotation."""
+    base = type_str.replace(" | None", "").replace("Optional[", "").rstrip("]") if "None" in type_str else type_str
+    if base == "bool":
+        return {"action": argparse.BooleanOptionalAction}
+    if base.startswith("tuple[float"):
+        return {"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")}
+    return {"type": {"int": int, "float": float, "str": str}[base]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stl_bench.train_config import PRESETS, TrainConfig, field_docs
+
+    docs = field_docs(TrainConfig)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a recipe: the official one per size, or 'demo'")
+    parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                        help="continue a run: CKPT, or <output>/last.pt when given without a value "
+                             "(a fresh start if that file does not exist yet)")
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
+        help_text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+                            help=help_text, **_parser_for(str(f.type)))
+
+
+def _resume_base(path: str) -> dict[str, Any]:
+    """The config saved in a resume checkpoint (so `--resume CKPT` alone continues the run)."""
+    from pathlib import Path
+
+    import torch
+
+    from stl_bench.errors import StlBenchError
+
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StlBenchError(f"cannot read resume checkpoint {path} ({type(exc).__name__}); it is damaged or not ours") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise StlBenchError(f"{path} is not an stl-bench training checkpoint, so a run cannot resume from it")
+    return ckpt["config"]
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from stl_bench.errors import StlBenchError
+    from stl_bench.train import LAST, train
+    from stl_bench.train_config import TrainConfig, fields as _fields, resolve_config
+
+    log = logging.getLogger(__name__)
+    names = {f.name for f in _fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    resume = getattr(args, "resume", None)
+    if resume == "auto":
+        if "output" not in given:
+            raise StlBenchError("--resume without a file needs --output (the run folder holding last.pt)")
+        resume = Path(given["output"]) / LAST
+        if not resume.exists():
+            log.info("no %s yet: starting a new run", resume)
+            resume = None
+    elif resume is not None and not Path(resume).is_file():
+        raise StlBenchError(f"resume checkpoint {resume} does not exist; check the path or drop --resume")
+    if resume is not None:
+        base = _resume_base(str(resume))
+        base.update(given)
+        if args.preset:
+            log.info("--preset is ignored when resuming: the run keeps its saved configuration")
+        cfg = TrainConfig.from_dict(base)
+    else:
+        cfg = resolve_config(args.preset, **given)
+    train(cfg, resume=resume)
+    return 0
