@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from types import ModuleType
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except StlBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `stl-bench ... | head`: the reader left; that is not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and a re-run continues from it", file=sys.stderr)
         return 130

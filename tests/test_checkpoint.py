@@ -195,5 +195,9 @@ def test_unknown_model_name_suggests_close_ones(tmp_path, reference):
     torch.save(reference[0].state_dict(), path)
     with pytest.raises(StlBenchError, match="Did you mean: fan_nano_4_p4_32_token"):
         create_model_from_checkpoint(path, model_name="fan_nano_4_p4_32_tokn")
-    with pytest.raises(StlBenchError, match="does not record its architecture"):
+    built, info = create_model_from_checkpoint(path)  # a bare state dict: the fitting variant is found
+    assert info.arch == NAME
+    _same_output(built, reference)
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(StlBenchError, match="fits no FAN variant"):
         create_model_from_checkpoint(path)

@@ -7,7 +7,9 @@ class count where it can) on top of `timm.create_model`.
 from __future__ import annotations
 
 import difflib
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import timm
@@ -15,6 +17,11 @@ import torch
 
 from stl_bench.errors import StlBenchError
 from stl_bench.fan.checkpoint import CheckpointInfo, check_compatible, filter_state_dict, read_checkpoint
+
+
+_HEADS = ("head.", "aux_head.")
+# Every FAN variant has two class-attention blocks, which is all the filter reads.
+_CLS_ATTN_STANDIN = SimpleNamespace(cls_attn_blocks=[None, None])
 
 
 def check_model_name(name: str) -> str:
@@ -42,6 +49,40 @@ def _classes_in_state(state: dict[str, torch.Tensor]) -> int | None:
     return int(head.shape[0]) if head is not None and head.ndim == 2 else None
 
 
+@lru_cache(maxsize=None)
+def _layout(name: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a FAN variant without its class heads (built on the meta device)."""
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=1000)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_HEADS)}
+
+
+def guess_architecture(state: dict[str, torch.Tensor]) -> str | None:
+    """The FAN variant whose keys and shapes fit a state dict, whatever its class count.
+
+    Bare state dicts record no architecture; comparing against each variant's layout
+    costs no weights and names the one that fits.
+    """
+    from stl_bench.fan.model import FAN_MODEL_NAMES, checkpoint_filter_fn
+
+    embed = state.get("cls_token")
+    if embed is None or embed.ndim != 3:
+        return None
+    token_head = "aux_head.weight" in state
+    for name in FAN_MODEL_NAMES:
+        if name.endswith("_token") != token_head:
+            continue
+        layout = _layout(name)
+        if layout["cls_token"] != tuple(embed.shape):
+            continue
+        # the filter renames only; a stand-in with the right block count is enough for it
+        renamed = checkpoint_filter_fn(state, _CLS_ATTN_STANDIN)
+        body = {k: tuple(v.shape) for k, v in renamed.items() if not k.startswith(_HEADS)}
+        if body == layout:
+            return name
+    return None
+
+
 def create_model_from_checkpoint(
     path: Path | str,
     model_name: str | None = None,
@@ -52,13 +93,16 @@ def create_model_from_checkpoint(
     """Build the model a checkpoint was trained as and load its weights strictly.
 
     The architecture comes from `model_name`, else from the file (`arch`, which our
-    checkpoints and the official timm-0.5.4 ones record); the class count from
+    checkpoints and the official timm-0.5.4 ones record), else from the FAN variant
+    whose keys and shapes fit; the class count from
     `num_classes`, else the file, else the shape of its head.
     """
     state, info = read_checkpoint(path, use_ema=use_ema)
-    name = model_name or info.arch
+    name = model_name or info.arch or guess_architecture(state)
     if not name:
-        raise StlBenchError(f"checkpoint {path} does not record its architecture; pass --model NAME")
+        raise StlBenchError(
+            f"checkpoint {path} does not record its architecture and fits no FAN variant; pass --model NAME"
+        )
     check_model_name(name)
     classes = num_classes or info.num_classes or _classes_in_state(state)
     model_kwargs = dict(info.model_kwargs)
