@@ -167,7 +167,7 @@ def crop_label_maps(
     boxes: torch.Tensor,
     flips: torch.Tensor,
     out_size: tuple[int, int],
-    sampling_ratio: int = 2,
+    sampling_ratio: int = 1,
 ) -> torch.Tensor:
     """Cut each image's crop box out of its label map and resample it to `out_size`.
 
@@ -177,6 +177,8 @@ def crop_label_maps(
     so the box is scaled by (W, H, W, H); the token-labeling code this follows passed
     rows and columns swapped, which only goes unnoticed on square crops. `aligned=True`
     puts cell (i, j) at [j, j + 1) x [i, i + 1), matching how patches tile the image.
+    One bilinear sample per output cell (`sampling_ratio=1`): a crop is almost always a
+    zoom-in, and at equal size the map comes back unchanged instead of blurred.
     """
     b, _, h, w = maps.shape
     scale = torch.tensor([w, h, w, h], dtype=maps.dtype, device=maps.device)
