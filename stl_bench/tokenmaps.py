@@ -289,30 +289,12 @@ def kept_overlay(crop: Image.Image, maps: TokenMaps, opacity: float, scale: int 
     return out
 
 
-def class_masks(labels: np.ndarray, size: tuple[int, int], opacity: float,
-                max_classes: int = MAX_LEGEND_ENTRIES) -> list[tuple[np.ndarray, list[int]]]:
-    """One `[h, w]` float mask (value `opacity` on the class's patches) per class present.
-
-    The `max_classes - 1` most frequent classes get their own mask; if more are present the
-    rest share one, so a 1000-class map stays legible and fast to send. Returns
-    (mask, classes in it) pairs, most patches first.
-    """
-    classes, counts = np.unique(labels, return_counts=True)
-    order = [int(c) for c, _ in sorted(zip(classes, counts), key=lambda cc: (-cc[1], cc[0]))]
-    groups = [[c] for c in order] if len(order) <= max_classes else (
-        [[c] for c in order[: max_classes - 1]] + [order[max_classes - 1:]])
-    out = []
-    for group in groups:
-        cells = np.isin(labels, group).astype(np.float32) * float(opacity)
-        out.append((expand_grid(cells, size), group))
-    return out
-
-
 def add_legend(image: Image.Image, entries: Sequence[tuple[tuple[int, int, int], str]],
                title: str | None = None) -> Image.Image:
-    """A legend strip (colour swatch + text per entry) below an image."""
-    font = _font(14)
-    line = 20
+    """A legend strip (colour swatch + text per entry) below an image, text sized to its width."""
+    size = max(14, image.width // 22)
+    font = _font(size)
+    line = size + 6
     lines = len(entries) + (1 if title else 0)
     out = Image.new("RGB", (max(image.width, 240), image.height + 8 + line * lines), (255, 255, 255))
     out.paste(image, (0, 0))
@@ -322,8 +304,8 @@ def add_legend(image: Image.Image, entries: Sequence[tuple[tuple[int, int, int],
         draw.text((4, y), title, fill=(0, 0, 0), font=font)
         y += line
     for color, text in entries:
-        draw.rectangle([4, y + 2, 18, y + 16], fill=tuple(color), outline=(0, 0, 0))
-        draw.text((24, y), text, fill=(0, 0, 0), font=font)
+        draw.rectangle([4, y + 2, 4 + size, y + 2 + size], fill=tuple(color), outline=(0, 0, 0))
+        draw.text((10 + size, y), text, fill=(0, 0, 0), font=font)
         y += line
     return out
 

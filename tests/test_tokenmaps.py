@@ -137,16 +137,6 @@ def test_confidence_overlay_has_colour_bar_and_numbers():
     assert tm._short_prob(0.874) == ".87" and tm._short_prob(0.999) == "1.0"
 
 
-def test_class_masks_group_the_tail_so_legends_stay_short():
-    labels = np.arange(64).reshape(8, 8) % 20
-    masks = tm.class_masks(labels, (16, 16), opacity=0.4, max_classes=5)
-    assert len(masks) == 5
-    assert all(len(group) == 1 for _, group in masks[:4])
-    assert len(masks[4][1]) == 16
-    union = sum(m for m, _ in masks)
-    np.testing.assert_allclose(union, 0.4)  # every pixel in exactly one mask
-
-
 def test_rendered_label_map_has_a_legend_row_per_class():
     maps = tm.compute_token_maps(_logits(4, 4, 3), (4, 4))
     names = ["cat", "dog", "cow"]

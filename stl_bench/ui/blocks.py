@@ -17,6 +17,7 @@ from stl_bench.errors import StlBenchError
 from stl_bench.ui.analysis import analyze_image
 from stl_bench.ui.catalog import Catalog
 from stl_bench.ui.images import MAX_PIXELS, SUPPORTED, load_image
+from stl_bench.ui.outputs import OutputFiles
 from stl_bench.ui.views import comparison_view, details, map_views
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline by default: no telemetry calls
@@ -67,7 +68,7 @@ def _error(message: str) -> gr.Error:
 
 
 def _analyze(catalog: Catalog, image_path: str | None, model_key: str | None, opacity: float,
-             seed: float | None) -> tuple:
+             seed: float | None, files: OutputFiles) -> tuple:
     """The page's one computation: outputs for the label, maps, comparison, details and status."""
     start = time.perf_counter()
     try:
@@ -113,15 +114,18 @@ def _analyze(catalog: Catalog, image_path: str | None, model_key: str | None, op
     if loaded.notes:
         lines.append("Input: " + "; ".join(loaded.notes) + ".")
     label = {name: prob for name, prob in result.top}
-    # gr.update, not a new component: the output's own postprocess (PNG, not lossy WebP) applies.
-    annotated = (gr.update(value=(views.display, views.annotations), color_map=views.color_map)
-                 if views else gr.update(value=None))
+    pictures = files.save({
+        "label_map": views.label_map if views else None,
+        "confidence": views.confidence if views else None,
+        "kept": views.kept if views else None,
+        "compare": compare,
+    })
     return (
         label,
-        annotated,
-        views.confidence if views else None,
-        views.kept if views else None,
-        compare,
+        pictures["label_map"],
+        pictures["confidence"],
+        pictures["kept"],
+        pictures["compare"],
         details(entry, result, total_ms),
         "  \n".join(lines),
     )
@@ -154,30 +158,32 @@ def build_demo(catalog: Catalog, examples: Sequence[Path] = ()) -> gr.Blocks:
                             "the model sees its own centre crop, shown below at patch resolution.")
             with gr.Column(scale=2):
                 status = gr.Markdown(start_status, elem_id="status")
-                top5 = gr.Label(num_top_classes=5, label="Top-5 classes")
                 with gr.Row():
-                    label_map = gr.AnnotatedImage(label="Token-label map (class per patch)", format="png",
-                                                  elem_classes=["tokenmap"], show_legend=True)
-                    confidence = gr.Image(label="Confidence per patch (= keep probability)", format="png",
-                                          type="pil", interactive=False, elem_classes=["tokenmap"])
-                kept = gr.Image(label="Tokens a hard Gumbel-Softmax draw keeps", format="png", type="pil",
-                                interactive=False, elem_classes=["tokenmap"])
-                compare = gr.Image(label="Labeler vs student", format="png", type="pil", interactive=False,
-                                   visible=catalog.pair() is not None)
+                    label_map = gr.Image(label="Token-label map: class per patch", type="filepath",
+                                         interactive=False, elem_classes=["tokenmap"])
+                    confidence = gr.Image(label="Confidence per patch (= keep probability)", type="filepath",
+                                          interactive=False, elem_classes=["tokenmap"])
+                with gr.Row():
+                    kept = gr.Image(label="Tokens a hard Gumbel-Softmax draw keeps", type="filepath",
+                                    interactive=False, elem_classes=["tokenmap"])
+                    top5 = gr.Label(num_top_classes=5, label="Top-5 classes")
+                compare = gr.Image(label="Labeler vs student", type="filepath", interactive=False,
+                                   elem_classes=["tokenmap"], visible=catalog.pair() is not None)
                 with gr.Accordion("Details (JSON)", open=False):
                     info = gr.JSON(label="Per-patch labels, confidence, timings")
 
+        files = OutputFiles()
         inputs = [image, model, opacity, seed]
         outputs = [top5, label_map, confidence, kept, compare, info, status]
 
         def analyze(image_path: str | None, model_key: str | None, opacity_value: float, seed_value: float):
-            return _analyze(catalog, image_path, model_key, opacity_value, seed_value)
+            return _analyze(catalog, image_path, model_key, opacity_value, seed_value, files)
 
         def refresh(image_path: str | None, model_key: str | None, opacity_value: float, seed_value: float):
             # Slider, seed and model changes redraw only once there is an image to redraw.
             if not image_path:
                 return tuple(gr.skip() for _ in outputs)
-            return _analyze(catalog, image_path, model_key, opacity_value, seed_value)
+            return _analyze(catalog, image_path, model_key, opacity_value, seed_value, files)
 
         run.click(analyze, inputs, outputs, api_name=API_NAME)
         image.upload(refresh, inputs, outputs, api_visibility="private")

@@ -11,15 +11,11 @@ import numpy as np
 from PIL import Image
 
 from stl_bench.tokenmaps import (
-    class_color,
-    class_masks,
     confidence_overlay,
     display_scale,
-    hex_color,
     kept_overlay,
     render_label_map,
     side_by_side,
-    upscale_image,
 )
 from stl_bench.ui.analysis import Analysis
 from stl_bench.ui.catalog import ModelEntry
@@ -27,43 +23,21 @@ from stl_bench.ui.catalog import ModelEntry
 
 @dataclass
 class MapViews:
-    """Display-size views of one analysis's token maps.
+    """Display-size pictures of one analysis's token maps (each patch a block of pixels)."""
 
-    `annotations` are (mask [h, w] in 0..1, legend text) pairs over `display`, with
-    `color_map` giving each legend text its class colour.
-    """
-
-    display: Image.Image
-    annotations: list[tuple[np.ndarray, str]]
-    color_map: dict[str, str]
+    label_map: Image.Image
     confidence: Image.Image
     kept: Image.Image
 
 
 def map_views(analysis: Analysis, class_names: list[str], opacity: float) -> MapViews | None:
-    """Label-map annotations, confidence and kept-token pictures; None without token maps."""
+    """Label map with legend, confidence map and kept-token picture; None without token maps."""
     maps = analysis.maps
     if maps is None:
         return None
     scale = display_scale(analysis.crop.size[::-1])
-    display = upscale_image(analysis.crop, scale)
-    total = maps.labels.size
-    counts = dict(maps.class_counts())
-    annotations, color_map = [], {}
-    for mask, group in class_masks(maps.labels, display.size, opacity):
-        n = sum(counts[c] for c in group)
-        if len(group) == 1:
-            text = f"{class_names[group[0]]} ({n}/{total})"
-            color = class_color(group[0])
-        else:
-            text = f"{len(group)} other classes ({n}/{total})"
-            color = (128, 128, 128)
-        annotations.append((mask, text))
-        color_map[text] = hex_color(color)
     return MapViews(
-        display=display,
-        annotations=annotations,
-        color_map=color_map,
+        label_map=render_label_map(analysis.crop, maps, class_names, opacity, scale),
         confidence=confidence_overlay(analysis.crop, maps.confidence, opacity, scale),
         kept=kept_overlay(analysis.crop, maps, opacity, scale),
     )
