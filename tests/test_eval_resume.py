@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from stl_bench.evaluate.alexnet import STANDARD_CORRUPTIONS
 from stl_bench.evaluate.harness import EvalSetup, evaluate
 from stl_bench.evaluate.inc_fly import CorruptionViews
 from stl_bench.evaluate.loop import LoopConfig

@@ -189,6 +189,9 @@ def corruption_report(
         notes.insert(0, "mCE not computed: missing " + ", ".join(std_missing))
     elif math.isnan(mce):
         notes.insert(0, "mCE not computed: the reference is incomplete")
+    extras_absent = [c for c in EXTRA_CORRUPTIONS if c not in acc]
+    if extras_absent and errors:
+        notes.append("held-out extra corruptions not evaluated: " + ", ".join(extras_absent))
     if not have_clean and not math.isnan(mce):
         notes.append("relative mCE not computed: no clean error (evaluate the clean suite, in1k, in the same run folder)")
     return CorruptionReport(ce=ce, rel_ce=rel, acc=acc, mce=mce, rel_mce=rel_mce, extra_mce=extra,
