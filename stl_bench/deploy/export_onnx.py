@@ -59,7 +59,8 @@ FP16_KEEP_FP32 = (
 class OnnxMetadata:
     """Everything a runner needs besides the graph, stored as ONNX `metadata_props`.
 
-    `data_config` uses timm's keys (input_size, mean, std, interpolation, crop_pct) so
+    `data_config` uses timm's keys (input_size, mean, std, interpolation, crop_pct,
+    crop_mode) so
     the same transform code serves checkpoints and exported files.
     """
 
@@ -87,6 +88,7 @@ class OnnxMetadata:
             "std": json.dumps([float(v) for v in self.data_config["std"]]),
             "interpolation": str(self.data_config.get("interpolation", "bicubic")),
             "crop_pct": json.dumps(float(self.data_config.get("crop_pct", 1.0))),
+            "crop_mode": str(self.data_config.get("crop_mode", "center")),
             "class_names": json.dumps(self.class_names),
             "checkpoint_sha256": self.checkpoint_sha256,
             "weights": self.weights,
@@ -113,6 +115,7 @@ class OnnxMetadata:
                 "std": tuple(json.loads(ours["std"])),
                 "interpolation": ours["interpolation"],
                 "crop_pct": float(json.loads(ours["crop_pct"])),
+                "crop_mode": ours.get("crop_mode", "center"),
             }
             grid = json.loads(ours.get("token_grid", "null"))
             return cls(
@@ -141,7 +144,9 @@ def metadata_for(model: nn.Module, arch: str, *, tokens: bool, class_names: Sequ
 
     from stl_bench import __version__
 
-    data_config = dict(timm.data.resolve_data_config({}, model=model))
+    resolved = timm.data.resolve_data_config({}, model=model)
+    data_config = {k: resolved[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")}
+    data_config["crop_mode"] = resolved.get("crop_mode", "center")
     if img_size:
         data_config["input_size"] = (data_config["input_size"][0], img_size, img_size)
     num_classes = int(getattr(model, "num_classes", 0))
