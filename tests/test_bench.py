@@ -10,7 +10,6 @@ import torch
 import stl_bench  # noqa: F401
 from stl_bench.cli import main
 from stl_bench.deploy.bench import Backend, BenchRow, flops_per_image, format_table, time_interleaved
-from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
 
 

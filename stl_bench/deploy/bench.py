@@ -97,7 +97,7 @@ class Backend:
 
 
 # --------------------------------------------------------------------------- backends
-def _torch_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None) -> Forward:
+def torch_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None) -> Forward:
     has_tokens = bool(getattr(model, "has_token_head", False))
 
     def forward(x: torch.Tensor):
@@ -114,7 +114,7 @@ def _compiled_forward(model: torch.nn.Module, device: torch.device, amp: torch.d
     # CUDA graphs ("reduce-overhead") remove per-kernel launch cost on the GPU; on the
     # CPU there are no graphs to capture and inductor's default mode is the fast one.
     mode = "reduce-overhead" if device.type == "cuda" else None
-    inner = _torch_forward(model, device, amp)
+    inner = torch_forward(model, device, amp)
     compiled = torch.compile(inner, mode=mode, dynamic=False)
 
     def forward(x: torch.Tensor):
@@ -190,9 +190,9 @@ def make_backends(config: BenchConfig, model: torch.nn.Module, arch: str, onnx_d
         return engine
 
     builders: dict[str, Callable[[], tuple[str, Forward]]] = {
-        "eager": lambda: ("fp32", _torch_forward(model, device, None)),
-        "autocast-bf16": lambda: ("bf16", _torch_forward(model, device, torch.bfloat16)),
-        "autocast-fp16": lambda: ("fp16", _torch_forward(model, device, torch.float16)),
+        "eager": lambda: ("fp32", torch_forward(model, device, None)),
+        "autocast-bf16": lambda: ("bf16", torch_forward(model, device, torch.bfloat16)),
+        "autocast-fp16": lambda: ("fp16", torch_forward(model, device, torch.float16)),
         "compile": lambda: ("fp32", _compiled_forward(model, device, None)),
         "compile-bf16": lambda: ("bf16", _compiled_forward(model, device, torch.bfloat16)),
         "ort": lambda: ("fp32", _ort_forward(onnx_file("fp32"), device, config.ort_threads)),

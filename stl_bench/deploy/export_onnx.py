@@ -151,7 +151,9 @@ def metadata_for(model: nn.Module, arch: str, *, tokens: bool, class_names: Sequ
         data_config["input_size"] = (data_config["input_size"][0], img_size, img_size)
     num_classes = int(getattr(model, "num_classes", 0))
     if class_names is not None and len(class_names) != num_classes:
-        raise StlBenchError(f"{len(class_names)} class names for a {num_classes}-class model; fix the checkpoint's class_names")
+        raise StlBenchError(
+            f"{len(class_names)} class names for a {num_classes}-class model; fix the checkpoint's class_names"
+        )
     grid = tuple(model.token_grid(tuple(data_config["input_size"][-2:]))) if tokens else None
     return OnnxMetadata(
         arch=arch, num_classes=num_classes, has_tokens=tokens, data_config=data_config,
@@ -376,7 +378,8 @@ def export_onnx(
     import onnx
 
     if opset not in SUPPORTED_OPSETS:
-        raise StlBenchError(f"--opset {opset} is not supported; use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        low, high = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
+        raise StlBenchError(f"--opset {opset} is not supported; use {low}..{high}")
     if trace_batch < 2:
         raise ValueError("trace with a batch of at least 2, or the batch dimension may be frozen")
     output = Path(output)
@@ -494,7 +497,9 @@ class ParityReport:
         head = f"{'images':<8} {'batch':>5} {'output':<13} {'max |diff|':>11} {'agreement':>10}"
         lines = [f"parity of {self.path} ({self.precision}) against PyTorch FP32:", head]
         for r in self.rows:
-            lines.append(f"{r.images:<8} {r.batch:>5} {r.output:<13} {r.max_abs_diff:>11.3e} {100 * r.agreement:>9.2f}%")
+            lines.append(
+                f"{r.images:<8} {r.batch:>5} {r.output:<13} {r.max_abs_diff:>11.3e} {100 * r.agreement:>9.2f}%"
+            )
         lines.append(("PASSED" if self.passed else "FAILED") + (f": {self.reason}" if self.reason else ""))
         return "\n".join(lines)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stl_bench.deploy.export_onnx import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata
+from stl_bench.deploy.export_onnx import LOGITS, TOKEN_LOGITS, OnnxMetadata
 from stl_bench.deploy.runner import Prediction, Runner, RunnerInfo, fuse_token_head, resolve_head
 from stl_bench.errors import StlBenchError
 
@@ -100,7 +100,8 @@ def create_session(path: Path | str, device: str | torch.device = "cpu", threads
     used = session.get_providers()
     if not used or used[0] != primary:
         raise StlBenchError(
-            f"ONNX Runtime fell back to {', '.join(used)} instead of {primary} for {path}; {_INSTALL_HINT.get(primary, '')}"
+            f"ONNX Runtime fell back to {', '.join(used)} instead of {primary} for {path}; "
+            f"{_INSTALL_HINT.get(primary, '')}"
         )
     log.debug("ONNX Runtime session on %s for %s", used, path)
     return session
@@ -161,7 +162,9 @@ class OnnxRunner(Runner):
         classes = self.metadata.num_classes
         if name == TOKEN_LOGITS:
             if not self.metadata.token_grid:
-                raise StlBenchError(f"{self.info.extra['onnx']} has token logits but no token_grid metadata; re-export it")
+                raise StlBenchError(
+                    f"{self.info.extra['onnx']} has token logits but no token_grid metadata; re-export it"
+                )
             gh, gw = self.metadata.token_grid
             return batch, gh * gw, classes
         return batch, classes
@@ -185,9 +188,10 @@ class OnnxRunner(Runner):
         return outputs
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.info.data_config["input_size"]):
+        want = tuple(self.info.data_config["input_size"])
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
             raise StlBenchError(
-                f"{self.metadata.arch} ONNX export takes [B, {', '.join(map(str, self.info.data_config['input_size']))}] "
+                f"{self.metadata.arch} ONNX export takes [B, {', '.join(map(str, want))}] "
                 f"batches, not {list(images.shape)}; resize with the file's preprocessing (runner.info.data_config)"
             )
         outs = self._run_bound(images) if self.device.type == "cuda" else self._run_host(images)

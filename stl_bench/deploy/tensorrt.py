@@ -158,7 +158,8 @@ def check_platform(sidecar: EngineSidecar, here: Platform, engine: Path | str) -
             f"with `stl-bench export MODEL.onnx --output {Path(engine).name}`"
         )
     if built.gpu_name != here.gpu_name:
-        log.warning("engine %s was tuned on %s and runs on %s (same architecture)", engine, built.gpu_name, here.gpu_name)
+        log.warning("engine %s was tuned on %s and runs on %s (same architecture)",
+                    engine, built.gpu_name, here.gpu_name)
 
 
 def check_batch(batch: int, profile: BatchProfile, engine: Path | str) -> None:
@@ -198,7 +199,9 @@ def import_tensorrt() -> Any:
 
     major = int(trt.__version__.split(".")[0])
     if major < 10:
-        raise StlBenchError(f"TensorRT {trt.__version__} is too old: stl-bench builds with TensorRT 10 or 11; {_INSTALL}")
+        raise StlBenchError(
+            f"TensorRT {trt.__version__} is too old: stl-bench builds with TensorRT 10 or 11; {_INSTALL}"
+        )
     return trt
 
 
