@@ -281,9 +281,15 @@ def test_browser_loads_the_page_runs_an_example_and_screenshots(served, tmp_path
             page.goto(url, wait_until="domcontentloaded", timeout=30_000)
             page.get_by_text("STL token-label maps").first.wait_for(timeout=30_000)
             page.get_by_text("digits 3 and 7 cut and pasted").first.click()
+            start = time.perf_counter()
             page.get_by_role("button", name="Analyze").click()
-            page.get_by_text("answered in").first.wait_for(timeout=30_000)
-            page.locator("#status").get_by_text("8×8 patches").wait_for(timeout=10_000)
+            page.locator("#status").get_by_text("8×8 patches").wait_for(timeout=30_000)
+            maps = page.locator(".tokenmap img")
+            maps.first.wait_for(timeout=10_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.tokenmap img')].filter(i => i.complete && i.naturalWidth >= 384)"
+                ".length >= 3", timeout=10_000)
+            print(f"browser: click to maps shown {(time.perf_counter() - start) * 1e3:.0f} ms")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()

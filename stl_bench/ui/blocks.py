@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stl_bench.errors import StlBenchError
-from stl_bench.ui.analysis import analyze_image
-from stl_bench.ui.catalog import Catalog
+from stl_bench.ui.analysis import Analysis, analyze_image
+from stl_bench.ui.catalog import Catalog, ModelEntry
 from stl_bench.ui.images import MAX_PIXELS, SUPPORTED, load_image
 from stl_bench.ui.outputs import OutputFiles
 from stl_bench.ui.views import comparison_view, details, map_views
@@ -92,6 +92,12 @@ def _analyze(catalog: Catalog, image_path: str | None, model_key: str | None, op
             lab = result if labeler is entry else analyze_image(labeler, loaded.image, seed=seed)
             stu = result if student is entry else analyze_image(student, loaded.image, seed=seed)
             compare, agreement = comparison_view(lab, stu, labeler.class_names, opacity)
+        pictures = files.save({
+            "label_map": views.label_map if views else None,
+            "confidence": views.confidence if views else None,
+            "kept": views.kept if views else None,
+            "compare": compare,
+        })
     except StlBenchError as exc:
         raise _error(str(exc)) from None
     except Exception as exc:
@@ -99,36 +105,36 @@ def _analyze(catalog: Catalog, image_path: str | None, model_key: str | None, op
         raise _error(f"Internal error while analysing the image ({exc.__class__.__name__}); "
                      "the server log has the details.") from None
     total_ms = (time.perf_counter() - start) * 1e3
-    info = entry.runner.info
-    lines = [f"**{entry.key}**: {info.name} ({info.backend}, {info.head} head) answered in **{total_ms:.0f} ms** "
-             f"(model {result.timings_ms['model']:.0f} ms)."]
-    if views is None:
-        lines.append("This model has no token head (a plain classifier), so it has no token maps; "
-                     "pick a `*_token` model for them.")
-    else:
-        maps = result.maps
-        lines.append(f"{maps.grid[0]}×{maps.grid[1]} patches; Gumbel draw (seed {seed}) keeps "
-                     f"{int(maps.kept.sum())}/{maps.labels.size} tokens (expected {maps.expected_kept():.1f}).")
-    if agreement is not None:
-        lines.append(f"Labeler and student agree on {agreement:.0%} of the patches.")
-    if loaded.notes:
-        lines.append("Input: " + "; ".join(loaded.notes) + ".")
-    label = {name: prob for name, prob in result.top}
-    pictures = files.save({
-        "label_map": views.label_map if views else None,
-        "confidence": views.confidence if views else None,
-        "kept": views.kept if views else None,
-        "compare": compare,
-    })
     return (
-        label,
+        {name: prob for name, prob in result.top},
         pictures["label_map"],
         pictures["confidence"],
         pictures["kept"],
         pictures["compare"],
         details(entry, result, total_ms),
-        "  \n".join(lines),
+        _status(entry, result, total_ms, agreement, loaded.notes),
     )
+
+
+def _status(entry: ModelEntry, result: Analysis, total_ms: float, agreement: float | None,
+            notes: list[str]) -> str:
+    """The status line: who answered how fast, the grid and Gumbel draw, comparisons, input notes."""
+    info = entry.runner.info
+    lines = [f"**{entry.key}**: {info.name} ({info.backend}, {info.head} head) answered in **{total_ms:.0f} ms** "
+             f"(model {result.timings_ms['model']:.0f} ms)."]
+    maps = result.maps
+    if maps is None:
+        lines.append("This model has no token head (a plain classifier), so it has no token maps; "
+                     "pick a `*_token` model for them.")
+    else:
+        lines.append(f"{maps.grid[0]}×{maps.grid[1]} patches; Gumbel draw (seed {maps.seed}) keeps "
+                     f"{int(maps.kept.sum())}/{maps.labels.size} tokens (expected {maps.expected_kept():.1f}).")
+    if agreement is not None:
+        lines.append(f"Labeler and student agree on {agreement:.0%} of the patches."
+                     if agreement == agreement else "Labeler and student use different patch grids.")
+    if notes:
+        lines.append("Input: " + "; ".join(notes) + ".")
+    return "  \n".join(lines)
 
 
 def build_demo(catalog: Catalog, examples: Sequence[Path] = ()) -> gr.Blocks:
