@@ -192,10 +192,11 @@ def build_demo(catalog: Catalog, examples: Sequence[Path] = ()) -> gr.Blocks:
             return _analyze(catalog, image_path, model_key, opacity_value, seed_value, files)
 
         run.click(analyze, inputs, outputs, api_name=API_NAME)
-        image.upload(refresh, inputs, outputs, api_visibility="private")
-        opacity.release(refresh, inputs, outputs, api_visibility="private")
-        model.change(refresh, inputs, outputs, api_visibility="private")
-        seed.change(refresh, inputs, outputs, api_visibility="private")
+        # A new image (upload or example) analyses itself: the example's value reaches the
+        # server only once it has loaded, whereas an Analyze click right after an example
+        # click can arrive before it. "always_last" drops stale redraws when inputs change fast.
+        for event in (image.change, opacity.release, model.change, seed.change):
+            event(refresh, inputs, outputs, api_visibility="private", trigger_mode="always_last")
         resample.click(lambda s: int(s or 0) + 1, seed, seed, api_visibility="private")
     return demo
 
