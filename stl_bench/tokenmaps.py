@@ -202,10 +202,28 @@ def draw_grid_lines(image: Image.Image, grid: tuple[int, int], color: tuple[int,
         draw.line([(x, 0), (x, image.height)], fill=color, width=1)
 
 
+def draw_class_frames(image: Image.Image, labels: np.ndarray) -> None:
+    """An inner frame in the pure class colour around each patch.
+
+    A tint over a dark image shifts hue towards black (yellow turns olive), so the fill
+    alone can be mistaken for a neighbouring palette entry; the frame matches the legend.
+    """
+    rows, cols = labels.shape
+    width = max(1, min(image.width // cols, image.height // rows) // 14)
+    draw = ImageDraw.Draw(image)
+    for r in range(rows):
+        for c in range(cols):
+            x0, x1 = c * image.width // cols + 1, (c + 1) * image.width // cols - 1
+            y0, y1 = r * image.height // rows + 1, (r + 1) * image.height // rows - 1
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=class_color(int(labels[r, c])), width=width)
+
+
 def label_overlay(crop: Image.Image, labels: np.ndarray, opacity: float, scale: int = 1) -> Image.Image:
-    """Each patch tinted with its class colour at `opacity`, upscaled by `scale`, grid drawn."""
+    """Each patch tinted with its class colour at `opacity` and framed in it, upscaled by `scale`."""
     palette = class_palette(int(labels.max()) + 1)
     out = upscale_image(tint(crop, palette[labels], opacity), scale)
+    if opacity > 0:
+        draw_class_frames(out, labels)
     draw_grid_lines(out, labels.shape)
     return out
 
