@@ -57,6 +57,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """What `stl-bench app` does (--threads 1): on 2 shared cores one thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     """A folder laid out as `stl-bench demo` writes it: labeler/ and student/ runs."""
@@ -69,8 +78,6 @@ def demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(demo_dir, tmp_path_factory):
     """The app on 127.0.0.1 with the demo runs plus a broken checkpoint; yields (url, demo, catalog)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what `stl-bench app` does (--threads 1)
     broken = tmp_path_factory.mktemp("broken") / "broken.pth"
     broken.write_text("this is not a checkpoint")
     catalog = build_catalog(demo_root=demo_dir)
@@ -81,7 +88,6 @@ def served(demo_dir, tmp_path_factory):
         yield demo.local_url, demo, catalog
     finally:
         demo.close()
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +248,25 @@ def test_plain_classifier_gives_top5_without_maps(tmp_path):
                                                                               OutputFiles(tmp_path))
     assert len(top5) == 5 and confidence is None and kept is None and "grid" not in details
     assert "no token head" in status
+
+
+def test_imagenet_model_gets_a_14x14_grid_imagenet_names_and_a_short_legend(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("fan_tiny_12_p16_224_token", num_classes=1000)
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": model.state_dict(), "arch": "fan_tiny_12_p16_224_token", "num_classes": 1000}, path)
+    catalog = build_catalog(models=[path])
+    out = _analyze(catalog, str(EXAMPLES / "synthetic_ball_on_grass.png"), "tiny", 0.5, 0, OutputFiles(tmp_path))
+    details = out[5]
+    assert details["grid"] == [14, 14] and details["input_size"] == [3, 224, 224]
+    names = set(catalog.entries["tiny"].class_names)
+    assert "goldfish" in names and set(details["classes_present"]) <= names
+    assert sum(details["classes_present"].values()) == 196
+    label_map = Image.open(out[1])
+    # 12 legend rows at most (11 classes + "more classes"), whatever the number of classes present
+    rows = min(len(details["classes_present"]), 12)
+    assert label_map.width == 448 and 448 + rows * 20 < label_map.height <= 448 + 8 + 12 * 26
+    assert Image.open(out[2]).width == 448
 
 
 @pytest.mark.slow
