@@ -80,37 +80,38 @@ def _fixed_points(h: int, w: int) -> torch.Tensor:
 
 
 def _affine_sources(pts2: torch.Tensor, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source coordinates (rows, cols) that OpenCV's warpAffine reads for each output pixel.
+    """Source coordinates (x, y), in 1/32 pixel, that OpenCV's warpAffine reads per pixel.
 
     pts2: [B, 3, 2] jittered points. The forward map sends the fixed points pts1 to
-    pts2; warpAffine inverts it (invertAffineTransform) and evaluates it in fixed point.
+    pts2 (getAffineTransform); warpAffine inverts it (invertAffineTransform) and
+    evaluates it in fixed point: round(M * 1024) per row and per column term, then
+    >> 5 to 1/32 pixel, exactly as OpenCV 3/4's WarpAffineInvoker. (OpenCV 5 dropped
+    the 1/32 grid; ImageNet-C was made with the fixed-point one.)
     """
-    pts1 = _fixed_points(h, w).numpy()
-    xs = torch.arange(w, dtype=torch.float64)
-    ys = torch.arange(h, dtype=torch.float64)
-    all_x, all_y = [], []
-    for dst in pts2.detach().cpu().to(torch.float32).numpy():
-        a = np.zeros((6, 6))
-        rhs = np.zeros(6)
-        for i in range(3):
-            a[2 * i, 0:3] = [pts1[i, 0], pts1[i, 1], 1.0]
-            a[2 * i + 1, 3:6] = [pts1[i, 0], pts1[i, 1], 1.0]
-            rhs[2 * i], rhs[2 * i + 1] = dst[i, 0], dst[i, 1]
-        m = np.linalg.solve(a, rhs)
-        det = m[0] * m[4] - m[1] * m[3]
-        d = 1.0 / det if det != 0 else 0.0
-        a11, a22, a12, a21 = m[4] * d, m[0] * d, -m[1] * d, -m[3] * d
-        inv = (a11, a12, -a11 * m[2] - a12 * m[5], a21, a22, -a21 * m[2] - a22 * m[5])
-        adelta = torch.round(inv[0] * xs * _AB_SCALE)
-        bdelta = torch.round(inv[3] * xs * _AB_SCALE)
-        x0 = torch.round((inv[1] * ys + inv[2]) * _AB_SCALE) + _ROUND_DELTA
-        y0 = torch.round((inv[4] * ys + inv[5]) * _AB_SCALE) + _ROUND_DELTA
-        all_x.append(torch.floor((x0[:, None] + adelta[None, :]) / (1 << (10 - _INTER_SHIFT))))
-        all_y.append(torch.floor((y0[:, None] + bdelta[None, :]) / (1 << (10 - _INTER_SHIFT))))
-    scale = float(1 << _INTER_SHIFT)
-    rows = torch.stack(all_y).to(device) / scale
-    cols = torch.stack(all_x).to(device) / scale
-    return rows, cols
+    pts1 = _fixed_points(h, w).double().numpy()
+    dst = pts2.detach().cpu().to(torch.float32).double().numpy()
+    ones = np.ones((3, 1))
+    a = np.hstack([pts1, ones])  # [3, 3]: rows (x, y, 1)
+    # Solve a @ [m0 m1 m2]^T = dst_x and a @ [m3 m4 m5]^T = dst_y for every sample.
+    coef = np.linalg.solve(np.broadcast_to(a, (len(dst), 3, 3)), dst)  # [B, 3, 2]
+    m = np.concatenate([coef[:, :, 0], coef[:, :, 1]], axis=1)  # [B, 6]
+    det = m[:, 0] * m[:, 4] - m[:, 1] * m[:, 3]
+    d = np.where(det != 0, 1.0 / np.where(det != 0, det, 1.0), 0.0)
+    a11, a22, a12, a21 = m[:, 4] * d, m[:, 0] * d, -m[:, 1] * d, -m[:, 3] * d
+    b1 = -a11 * m[:, 2] - a12 * m[:, 5]
+    b2 = -a21 * m[:, 2] - a22 * m[:, 5]
+    inv = torch.from_numpy(np.stack([a11, a12, b1, a21, a22, b2], 1)).to(device)  # [B, 6]
+    xs = torch.arange(w, dtype=torch.float64, device=device)[None, :]
+    ys = torch.arange(h, dtype=torch.float64, device=device)[None, :]
+    col = lambda i: inv[:, i:i + 1]  # noqa: E731  [B, 1]
+    adelta = torch.round(col(0) * xs * _AB_SCALE)  # [B, W]
+    bdelta = torch.round(col(3) * xs * _AB_SCALE)
+    x0 = torch.round((col(1) * ys + col(2)) * _AB_SCALE) + _ROUND_DELTA  # [B, H]
+    y0 = torch.round((col(4) * ys + col(5)) * _AB_SCALE) + _ROUND_DELTA
+    shift = float(1 << (10 - _INTER_SHIFT))
+    xq = torch.floor((x0[:, :, None] + adelta[:, None, :]) / shift).to(torch.int64)
+    yq = torch.floor((y0[:, :, None] + bdelta[:, None, :]) / shift).to(torch.int64)
+    return xq, yq
 
 
 def elastic_transform(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.Tensor:
@@ -119,15 +120,15 @@ def elastic_transform(images: torch.Tensor, severity: int, rng: SampleRNG) -> to
     x = to_unit(images)
     pts1 = _fixed_points(h, w)
     pts2 = pts1.to(rng.device) + rng.uniform((3, 2), -jitter, jitter, dtype=torch.float64).to(torch.float32)
-    rows, cols = _affine_sources(pts2, h, w, images.device)
-    warped = _ops.bilinear_sample(x, rows, cols, "mirror", torch.float32)
+    xq, yq = _affine_sources(pts2, h, w, images.device)
+    warped = _ops.remap_fixed_point(x, xq, yq, "mirror")
 
     noise = rng.uniform((2, h, w), -1.0, 1.0)
     fields = _ops.gaussian_filter(noise, sigma, mode="reflect", truncate=3.0) * alpha
     dx, dy = fields[:, 0], fields[:, 1]
     grid_y = torch.arange(h, device=images.device, dtype=torch.float64).view(1, h, 1)
     grid_x = torch.arange(w, device=images.device, dtype=torch.float64).view(1, 1, w)
-    out = _ops.bilinear_sample(warped, grid_y + dy.double(), grid_x + dx.double(), "reflect", torch.float64)
+    out = _ops.bilinear_sample(warped, grid_y + dy.double(), grid_x + dx.double(), "reflect")
     return from_unit(out)
 
 

@@ -6,6 +6,8 @@ torchvision transform; `jpeg_roundtrip` is the last one for on-the-fly evaluatio
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchvision import transforms
 from torchvision.io import decode_jpeg, encode_jpeg
@@ -58,6 +60,10 @@ def jpeg_roundtrip(images: torch.Tensor, quality: int = IMAGENET_C_JPEG_QUALITY)
     if batch.shape[0] == 0:
         return images.clone()
     cpu = [img.contiguous() for img in batch.detach().cpu()]
-    decoded = decode_jpeg(encode_jpeg(cpu, quality=int(quality)))
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its JPEG codec in favour of torchcodec; it still is
+        # libjpeg-turbo, which is what Pillow used for ImageNet-C, so keep it quietly.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        decoded = decode_jpeg(encode_jpeg(cpu, quality=int(quality)))
     out = torch.stack(decoded).to(images.device)
     return out[0] if single else out

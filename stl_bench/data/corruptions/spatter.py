@@ -49,7 +49,7 @@ _CHAMFER = (
 
 def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """OpenCV `Canny(img, low, high)` (aperture 3, L1 gradient) on integer-valued [B, 1, H, W]."""
-    x = img.to(torch.float64)
+    x = img.to(torch.float32)  # integer sums below 2**24: exact in float32
     gx = _ops.correlate2d(x, _SOBEL_X, "nearest")
     gy = _ops.correlate2d(x, _SOBEL_X.T.contiguous(), "nearest")
     mag = gx.abs() + gy.abs()
@@ -83,22 +83,23 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def chamfer_distance(zero: torch.Tensor, cap: float) -> torch.Tensor:
     """OpenCV `distanceTransform(DIST_L2, 5)` to the True pixels of [B, 1, H, W], capped.
 
-    Paths stay inside the image, as OpenCV's border of 'infinite' pixels forces.
+    Distances are integers in 1/65536 units (OpenCV's fixed point), held in float32,
+    which is exact below 2**24. Paths stay inside the image, as OpenCV's border of
+    'infinite' pixels forces.
     """
-    cap_fix = int(cap * 65536)
-    dist = torch.where(zero, 0, cap_fix).to(torch.int64)
+    cap_fix = float(int(cap * 65536))
+    dist = torch.where(zero, 0.0, cap_fix).to(torch.float32)
     h, w = dist.shape[-2:]
+    padded = F.pad(dist, (2, 2, 2, 2), value=cap_fix)
     for _ in range(int(cap) + 2):
-        padded = F.pad(dist, (2, 2, 2, 2), value=cap_fix)
-        best = dist
+        inner = padded[..., 2:2 + h, 2:2 + w]
+        best = inner.clone()
         for (dy, dx), weight in _CHAMFER:
-            shifted = padded[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w]
-            best = torch.minimum(best, shifted + weight)
-        best = best.clamp(max=cap_fix)
-        if torch.equal(best, dist):
+            torch.minimum(best, padded[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w] + weight, out=best)
+        if torch.equal(best, inner):
             break
-        dist = best
-    return dist.to(torch.float32) / 65536.0
+        inner.copy_(best)
+    return padded[..., 2:2 + h, 2:2 + w] / 65536.0
 
 
 def equalize_hist(img: torch.Tensor) -> torch.Tensor:
@@ -123,10 +124,12 @@ def _water(x: torch.Tensor, liquid: torch.Tensor, intensity: float) -> torch.Ten
     layer = torch.remainder(torch.trunc(liquid * 255), 256)
     edges = canny(layer, 50, 150)
     dist = chamfer_distance(edges, DIST_CAP)
-    box = torch.trunc((_ops.correlate2d(dist.double(), _BOX3, "mirror") * (1.0 / 9.0)).float())
-    dist = equalize_hist(box).double()
-    dist = _ops.correlate2d(dist, _EMBOSS, "mirror").clamp(0, 255)
-    dist = torch.round(_ops.correlate2d(dist, _BOX3, "mirror") / 9.0).float()
+    # Sums of nine multiples of 2**-16 below 256 need 24 bits: exact in float32. OpenCV
+    # scales the sum by 1/9 in double and stores float, then astype(uint8) truncates.
+    box = torch.trunc((_ops.correlate2d(dist, _BOX3, "mirror").double() * (1.0 / 9.0)).float())
+    dist = equalize_hist(box)
+    dist = _ops.correlate2d(dist, _EMBOSS, "mirror").clamp(0, 255)  # filter2D to CV_8U saturates
+    dist = torch.round(_ops.correlate2d(dist, _BOX3, "mirror") / 9.0)  # 8-bit blur rounds
     m = layer.float() * dist
     peak = m.amax(dim=(2, 3), keepdim=True)
     m = torch.where(peak > 0, m / torch.where(peak > 0, peak, 1.0), 0.0) * intensity
@@ -145,7 +148,7 @@ def spatter(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.Tensor
     mean, std, sigma, threshold, intensity, mud = SPATTER[severity - 1]
     _, _, h, w = images.shape
     x = to_unit(images)
-    liquid = rng.normal((1, h, w), mean=mean, std=std, dtype=torch.float64)
+    liquid = rng.normal((1, h, w), mean=mean, std=std).double()
     liquid = _ops.gaussian_filter(liquid, sigma, "nearest")
     liquid = torch.where(liquid < threshold, 0.0, liquid)
     if mud:

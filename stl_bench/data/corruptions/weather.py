@@ -52,7 +52,7 @@ def snow(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.Tensor:
     mean, std, zoom, threshold, radius, sigma, weight = SNOW[severity - 1]
     b, _, h, w = images.shape
     x = to_unit(images)
-    layer = rng.normal((1, h, w), mean=mean, std=std, dtype=torch.float64)
+    layer = rng.normal((1, h, w), mean=mean, std=std).double()
     layer = _ops.clipped_zoom(layer, zoom)
     layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
     layer8 = torch.trunc(layer.clamp(0, 1) * 255).to(torch.float32)  # PIL 'L' image
