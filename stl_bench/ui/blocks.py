@@ -144,7 +144,8 @@ def build_demo(catalog: Catalog, examples: Sequence[Path] = ()) -> gr.Blocks:
     start_status = catalog.empty_message if not catalog.entries else (
         "Pick an image and press **Analyze**." + "".join(
             f"  \n⚠️ {e.key}: {e.error}" for e in catalog.entries.values() if e.error))
-    with gr.Blocks(title="STL token-label maps") as demo:
+    # Every answer adds its pictures to Gradio's cache: hourly, drop those older than an hour.
+    with gr.Blocks(title="STL token-label maps", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):

@@ -126,6 +126,8 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, max_aspect: float
     if max(rgb.size) > work_side:
         rgb.thumbnail((work_side, work_side), Image.Resampling.LANCZOS)
         notes.append(f"downscaled from {w}x{h} to {rgb.width}x{rgb.height} first")
+    if notes:
+        log.debug("%s (%s, %dx%d): %s", name, mode, w, h, "; ".join(notes))
     return LoadedImage(image=rgb, original_size=(w, h), original_mode=mode, notes=notes)
 
 

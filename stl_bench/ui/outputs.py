@@ -10,6 +10,7 @@ paths. Request folders older than `max_age_s` are removed as new requests arrive
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -27,7 +28,10 @@ class OutputFiles:
     """Writes each request's pictures into its own folder under `root` (a temp dir by default)."""
 
     def __init__(self, root: Path | None = None, max_age_s: float = 600.0) -> None:
-        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="stl_bench_app_"))
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="stl_bench_app_"))
+            atexit.register(shutil.rmtree, root, ignore_errors=True)  # ours alone: remove it on exit
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_age_s = max_age_s
 
@@ -57,9 +61,13 @@ class OutputFiles:
         except FileNotFoundError:
             self.root.mkdir(parents=True, exist_ok=True)
             return
+        removed = 0
         for folder in folders:
             try:
                 if folder.is_dir() and folder.stat().st_mtime < cutoff:
                     shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
             except FileNotFoundError:  # a concurrent request pruned it first
                 continue
+        if removed:
+            log.debug("removed %d result folders older than %.0f s from %s", removed, self.max_age_s, self.root)
