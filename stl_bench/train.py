@@ -340,7 +340,7 @@ def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_ctx, channels_la
     model.train(was_training)
     if total == 0:
         return {}
-    out = {"top1": 100 * correct1 / total, "top5": 100 * correct5 / total}
+    out = {"top1": 100 * correct1 / total, "top5": 100 * correct5 / total, "images": int(total)}
     if token:
         out["top1_fused"] = 100 * fused1 / total
     return out

@@ -1,0 +1,84 @@
+"""Never lose work: kill -9 in the middle of an epoch, then --resume finishes the run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stl_bench.cli import main
+from stl_bench.data.demo import ensure_demo_data
+
+ARGS = ["--preset", "demo", "--batch-size", "16", "--epochs", "2", "--steps-per-epoch", "6", "--warmup-epochs", "0",
+        "--aa", "none", "--reprob", "0", "--mixup", "0", "--workers", "0", "--val-split", "", "--no-progress",
+        "--threads", "1", "--max-train-samples", "96"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return ensure_demo_data(tmp_path_factory.getbasetemp() / "demo_digits")
+
+
+@pytest.mark.slow
+def test_kill_mid_epoch_then_resume(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "stl_bench", "train", *ARGS, "--stage", "labeler", "--data", str(demo),
+           "--output", str(out), "--checkpoint-every", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (out / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: only atomic writes survive
+    proc.wait()
+    killed = torch.load(out / "last.pt", weights_only=True)
+    assert killed["step"] < 12, "the run finished before it could be killed"
+
+    assert main(["train", "--resume", str(out / "last.pt"), "--no-progress", "--threads", "1"]) == 0
+    final = torch.load(out / "last.pt", weights_only=True)
+    assert final["step"] == 12 and final["epoch"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["step"] == 12
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *ARGS, "--stage", "baseline", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--data", str(demo), "--output", str(out)]) == 0
+    # the same run folder, another architecture: refused before anything is written
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(out / "last.pt", other / "last.pt")
+    before = (other / "last.pt").read_bytes()
+    rc = main(["train", *ARGS, "--stage", "baseline", "--model", "fan_nano_4_p4_32", "--data", str(demo),
+               "--output", str(other), "--resume"])
+    assert rc == 1
+    assert (other / "last.pt").read_bytes() == before
+
+
+def test_resume_message_names_both_models(demo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *ARGS, "--stage", "baseline", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--data", str(demo), "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out / "last.pt"), "--model", "fan_nano_4_p4_32"]) == 1
+    err = capsys.readouterr().err
+    assert "fan_nano_4_p4_32_token" in err and "fan_nano_4_p4_32 with 10" in err
+
+
+def test_a_new_run_never_overwrites_an_old_one(demo: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = [*ARGS, "--stage", "baseline", "--epochs", "1", "--steps-per-epoch", "1", "--data", str(demo), "--output", str(out)]
+    assert main(["train", *args]) == 0
+    capsys.readouterr()
+    assert main(["train", *args]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *args, "--resume"]) == 0  # already complete: nothing to do, still fine
