@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     # Measured on 2 shared cores: one nano forward took 8-12 ms median with 1 thread and
     # 50-100 ms (p90 over 1 s) with 2, because OpenMP threads wait on each other.
     torch.set_num_threads(args.threads)
+    # Gradio checks its own start-up over HTTP; httpx would log each of those requests at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     demo = build_from_args(args)
     log.info("serving on http://%s:%d (Ctrl+C stops)", args.host, args.port)
     launch(demo, host=args.host, port=args.port, max_file_size=args.max_file_size, concurrency=args.concurrency)
