@@ -94,3 +94,38 @@ def test_baseline(demo: Path, tmp_path: Path) -> None:
     assert main(["train", *FAST, "--stage", "baseline", "--data", str(demo), "--output", str(out)]) == 0
     _loss_went_down(out)
     assert "train_loss_token" not in _rows(out)[0]
+
+
+def test_stage2_teacher_sees_the_unmixed_clean_view(labeler: Path, demo: Path, tmp_path: Path, monkeypatch) -> None:
+    from stl_bench.stl.objectives import OnlineTeacher
+
+    seen: list = []
+    original = OnlineTeacher.__call__
+
+    def spy(self, batch):
+        seen.append((batch.images.detach().clone(), batch.clean.clone(), self.teacher.training))
+        return original(self, batch)
+
+    monkeypatch.setattr(OnlineTeacher, "__call__", spy)
+    # mixup on every batch; no colour ops and no erasing, so before mixing student view == clean view
+    assert main(["train", *FAST, "--stage", "student", "--teacher", str(labeler / "last.pt"), "--mixup", "1.0",
+                 "--mixup-prob", "1.0", "--cutmix", "0", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--data", str(demo), "--output", str(tmp_path / "s")]) == 0
+    images, clean, teacher_training = seen[0]
+    assert not teacher_training
+    mixed_pair = clean.flip(0)
+    # images = lam * clean + (1 - lam) * clean.flip(0): solve for lam, check the fit
+    a, r = (clean - mixed_pair).flatten(), (images - mixed_pair).flatten()
+    lam = float((a @ r) / (a @ a))
+    assert 0.0 < lam < 1.0 and not torch.allclose(images, clean)
+    assert torch.allclose(images, lam * clean + (1 - lam) * mixed_pair, atol=1e-4)
+
+
+def test_amp_channels_last_accumulation_and_clipping(demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "amp"
+    assert main(["train", *FAST, "--stage", "labeler", "--amp", "on", "--amp-dtype", "bfloat16", "--channels-last",
+                 "--grad-accum-steps", "2", "--clip-grad", "1.0", "--epochs", "1", "--batch-size", "8",
+                 "--data", str(demo), "--output", str(out)]) == 0
+    row = _rows(out)[0]
+    # 64 images / (8 x 2 accumulated) = 4 optimizer steps, every image seen once
+    assert row["step"] == 4 and row["train_images"] == 64
