@@ -29,6 +29,10 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([h, s, v], 1)
 
 
+# For each hue sector, which of (v, t, p, q) becomes red, green and blue (skimage's table).
+_SECTOR_PLANES = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]])
+
+
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] HSV in [0, 1] -> RGB, as `skimage.color.hsv2rgb`."""
     h, s, v = hsv.unbind(1)
@@ -38,13 +42,6 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     q = v * (1 - f * s)
     t = v * (1 - (1 - f) * s)
     sector = torch.remainder(hi.to(torch.int64), 6)
-    choices = torch.stack([
-        torch.stack([v, t, p], 1),
-        torch.stack([q, v, p], 1),
-        torch.stack([p, v, t], 1),
-        torch.stack([p, q, v], 1),
-        torch.stack([t, p, v], 1),
-        torch.stack([v, p, q], 1),
-    ])  # [6, B, 3, H, W]
-    index = sector.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)
-    return choices.gather(0, index).squeeze(0)
+    planes = torch.stack([v, t, p, q], 1)  # [B, 4, H, W]
+    index = _SECTOR_PLANES.to(hsv.device)[sector].permute(0, 3, 1, 2)  # [B, 3, H, W]
+    return planes.gather(1, index)

@@ -147,41 +147,49 @@ def cv2_gaussian_kernel(ksize: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-def _lerp_axis(x: torch.Tensor, dim: int, i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    a = x.index_select(dim, i0)
-    b = x.index_select(dim, i1)
-    shape = [1] * x.dim()
-    shape[dim] = -1
-    w = w.to(x.dtype).view(shape)
-    return a + (b - a) * w
-
-
 @functools.lru_cache(maxsize=256)
-def _clipped_zoom_axis(n: int, zoom: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _clipped_zoom_coords(n: int, zoom: float) -> np.ndarray:
     # ImageNet-C's clipped_zoom: crop the centre ceil(n / z) pixels, scipy.ndimage.zoom
     # them by z (order 1, output length round(ch * z), input coordinate
-    # out * (ch - 1) / (out_len - 1)), then keep the centre n pixels.
+    # out * (ch - 1) / (out_len - 1)), then keep the centre n pixels. Returns, for each
+    # kept output pixel, the source coordinate in the uncropped image.
     ch = int(np.ceil(n / zoom))
     top = (n - ch) // 2
     out_len = int(round(ch * zoom))
     trim = (out_len - n) // 2
     ratio = (ch - 1) / (out_len - 1) if out_len > 1 else 1.0
-    coord = (np.arange(n, dtype=np.float64) + trim) * ratio
-    i0 = np.floor(coord)
-    w = coord - i0
-    i0 = i0.astype(np.int64)
-    i1 = np.minimum(i0 + 1, ch - 1)
-    return torch.from_numpy(i0 + top), torch.from_numpy(i1 + top), torch.from_numpy(w)
+    return top + (np.arange(n, dtype=np.float64) + trim) * ratio
+
+
+def _zoom_grid(h: int, w: int, zoom: float, batch: int, device: torch.device) -> torch.Tensor:
+    rows = torch.from_numpy(_clipped_zoom_coords(h, float(zoom))).to(device)
+    cols = torch.from_numpy(_clipped_zoom_coords(w, float(zoom))).to(device)
+    # grid_sample's align_corners=True: -1 and 1 are the centres of the edge pixels.
+    gy = rows * (2.0 / max(h - 1, 1)) - 1.0
+    gx = cols * (2.0 / max(w - 1, 1)) - 1.0
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)
+    return grid[None].expand(batch, h, w, 2)
+
+
+def clipped_zoom_sum(x: torch.Tensor, zooms) -> torch.Tensor:
+    """Sum of ImageNet-C's `clipped_zoom(x, z)` over `zooms`, for [B, C, H, W].
+
+    Each zoom is one bilinear grid_sample in float64, rounded to x's dtype, which is
+    what scipy.ndimage.zoom(order=1) computes (double arithmetic, output in the input's
+    dtype); the sum accumulates in x's dtype as the original's `out += ...` did.
+    """
+    b, _, h, w = x.shape
+    x64 = x.to(torch.float64)
+    out = torch.zeros_like(x)
+    for z in zooms:
+        grid = _zoom_grid(h, w, z, b, x.device)
+        out += F.grid_sample(x64, grid, mode="bilinear", padding_mode="border", align_corners=True).to(x.dtype)
+    return out
 
 
 def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
-    """ImageNet-C's `clipped_zoom` (centre crop, bilinear zoom, centre trim) on [..., H, W]."""
-    h, w = x.shape[-2:]
-    dev = x.device
-    r0, r1, rw = (t.to(dev) for t in _clipped_zoom_axis(h, float(zoom)))
-    c0, c1, cw = (t.to(dev) for t in _clipped_zoom_axis(w, float(zoom)))
-    x = _lerp_axis(x, x.dim() - 2, r0, r1, rw)
-    return _lerp_axis(x, x.dim() - 1, c0, c1, cw)
+    """ImageNet-C's `clipped_zoom` (centre crop, bilinear zoom, centre trim) on [B, C, H, W]."""
+    return clipped_zoom_sum(x, (zoom,))
 
 
 def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Tensor) -> torch.Tensor:
