@@ -437,3 +437,39 @@ def test_cuda_matches_shape_and_is_seeded(name):
     cpu = corrupt_batch(x.cpu(), name, 3, [1, 2])
     if name not in STOCHASTIC:
         assert (a.cpu().int() - cpu.int()).abs().max() <= 1
+
+
+def test_float32_precision_settings_are_restored():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        corrupt_batch(_grey(90, 16, 1), "spatter", 1, [0])
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_gpu_style_shifted_sums_match_the_cpu_kernels(monkeypatch):
+    """The fixed-order shifted sums used on GPUs give the CPU kernels' results."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.random((2, 3, 40, 33)))
+    fast = {
+        "gauss": _ops.gaussian_filter(x, 1.5, "nearest"),
+        "wide": _ops.gaussian_filter(x, 30.0, "reflect", 3.0),
+        "disk": _ops.correlate2d_large(x, blur.disk_kernel(10, 0.5).double(), "mirror"),
+        "sobel": _ops.correlate2d(x, spatter._SOBEL_X.double(), "nearest"),
+    }
+    monkeypatch.setattr(_ops, "shifted_sums", lambda device: True)
+    slow = {
+        "gauss": _ops.gaussian_filter(x, 1.5, "nearest"),
+        "wide": _ops.gaussian_filter(x, 30.0, "reflect", 3.0),
+        "disk": _ops.correlate2d_large(x, blur.disk_kernel(10, 0.5).double(), "mirror"),
+        "sobel": _ops.correlate2d(x, spatter._SOBEL_X.double(), "nearest"),
+    }
+    for key in fast:
+        torch.testing.assert_close(slow[key], fast[key], rtol=0, atol=1e-12)
+    photo = _photo(40)[None].expand(3, -1, -1, -1).contiguous()
+    for name in ("defocus_blur", "glass_blur", "gaussian_blur", "elastic_transform", "spatter"):
+        together = corrupt_batch(photo, name, 2, [1, 2, 3])
+        alone = torch.cat([corrupt_batch(photo[i:i + 1], name, 2, [s]) for i, s in enumerate([1, 2, 3])])
+        assert torch.equal(together, alone), name

@@ -27,11 +27,12 @@ torch-uncertainty's per-image ports where they exist): see `benchmarks/corruptio
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -48,6 +49,7 @@ from stl_bench.errors import StlBenchError
 log = logging.getLogger(__name__)
 
 SEVERITIES = (1, 2, 3, 4, 5)
+_CPU_CHUNK = 4
 
 CorruptionFn = Callable[[torch.Tensor, int, SampleRNG], torch.Tensor]
 
@@ -101,6 +103,25 @@ def get_corruption(name: str) -> Corruption:
         ) from None
 
 
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """Keep float32 matmuls and convolutions in full precision while corrupting.
+
+    On recent GPUs cuDNN convolutions use TF32 by default (10-bit mantissa) and callers
+    may have allowed it for matmuls too (`torch.set_float32_matmul_precision("high")`);
+    either would break kernels that rely on exact float32 sums (spatter's box filters).
+    """
+    precision = torch.get_float32_matmul_precision()
+    conv_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = conv_tf32
+
+
 def corrupt_batch(
     images: torch.Tensor,
     name: str,
@@ -125,10 +146,16 @@ def corrupt_batch(
     seed_list = as_seed_list(seeds, images.shape[0])
     if images.shape[0] == 0:
         return images.clone()
-    rng = SampleRNG(seed_list, images.device)
-    with torch.no_grad():
-        out = spec.fn(images, int(severity), rng)
-    return out.to(device=images.device, dtype=torch.uint8).contiguous()
+    # On a CPU, a few images at a time keep the float64 intermediates in cache: chunks of
+    # 4 ran 2x faster per image than chunks of 32 (2-core VM, all 19 corruptions). Results
+    # do not depend on the chunking, since nothing mixes samples.
+    chunk = _CPU_CHUNK if images.device.type == "cpu" else images.shape[0]
+    outs = []
+    with torch.no_grad(), _full_float32():
+        for start in range(0, images.shape[0], chunk):
+            rng = SampleRNG(seed_list[start:start + chunk], images.device)
+            outs.append(spec.fn(images[start:start + chunk], int(severity), rng).to(torch.uint8))
+    return torch.cat(outs).contiguous()
 
 
 __all__ = [

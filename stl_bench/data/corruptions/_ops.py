@@ -82,11 +82,40 @@ def _folded_matrix(n: int, weights: tuple[float, ...], mode: str, device: str, d
     return m.to(device=device, dtype=dtype)
 
 
+def shifted_sums(device: torch.device) -> bool:
+    """Whether float filters run as sums of shifted copies instead of GEMM / FFT / conv.
+
+    On CPU those library calls give each image the same result whatever the batch
+    (tested), and they are fast. On a GPU, cuBLAS, cuFFT and cuDNN choose algorithms by
+    problem size, batch included, so an image alone and in a batch could round
+    differently; a fixed-order sum of shifted copies cannot, and a GPU has the memory
+    bandwidth for it.
+    """
+    return torch.device(device).type != "cpu"
+
+
+def _shift_correlate1d(x: torch.Tensor, weights: np.ndarray, dim: int, mode: str) -> torch.Tensor:
+    k = len(weights)
+    r = k // 2
+    n = x.shape[dim]
+    if dim == x.dim() - 2:
+        padded = pad(x, r, k - 1 - r, 0, 0, mode)
+    else:
+        padded = pad(x, 0, 0, r, k - 1 - r, mode)
+    out = torch.zeros_like(x)
+    for t, wt in enumerate(weights):
+        if wt != 0.0:
+            out.add_(padded.narrow(dim, t, n), alpha=float(wt))
+    return out
+
+
 def correlate1d(x: torch.Tensor, weights: np.ndarray, dim: int, mode: str) -> torch.Tensor:
     """Correlate the last-two-axes tensor `x` with centred 1-D `weights` along dim -2 or -1."""
     dim = dim % x.dim()
     if dim not in (x.dim() - 2, x.dim() - 1):
         raise ValueError("correlate1d filters one of the last two axes")
+    if shifted_sums(x.device):
+        return _shift_correlate1d(x, weights, dim, mode)
     vertical = dim == x.dim() - 2
     n = x.shape[dim]
     k = len(weights)
@@ -120,9 +149,26 @@ def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tenso
     """OpenCV `filter2D` (a correlation, anchor at the centre) on every channel of [B, C, H, W]."""
     kh, kw = kernel.shape
     b, c, h, w = x.shape
+    if shifted_sums(x.device):
+        return correlate2d_large(x, kernel, mode)
     padded = pad(x, kh // 2, kh - 1 - kh // 2, kw // 2, kw - 1 - kw // 2, mode)
     weight = kernel.to(device=x.device, dtype=x.dtype).expand(c, 1, kh, kw)
     return F.conv2d(padded, weight, groups=c)
+
+
+def correlate2d_large(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """`correlate2d` for large kernels in float64: FFT on CPU, shifted sums elsewhere
+    (see `shifted_sums`)."""
+    if not shifted_sums(x.device):
+        return correlate2d_fft(x, kernel, mode)
+    kernel = kernel.cpu()
+    kh, kw = kernel.shape
+    h, w = x.shape[-2:]
+    padded = pad(x, kh // 2, kh - 1 - kh // 2, kw // 2, kw - 1 - kw // 2, mode)
+    out = torch.zeros_like(x)
+    for (a, b), wt in zip(torch.nonzero(kernel).tolist(), kernel[kernel != 0].tolist()):
+        out.add_(padded[..., a:a + h, b:b + w], alpha=float(wt))
+    return out
 
 
 def correlate2d_fft(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:

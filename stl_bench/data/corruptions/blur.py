@@ -80,9 +80,9 @@ def defocus_blur(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.T
     radius, alias = DEFOCUS[severity - 1]
     # float64 as the original: sums of equal weights land on integers here, and float32
     # put 2% of the values one grey level lower after truncation at radius 3. A float64
-    # convolution is slow on CPU, an FFT of the padded image is not.
+    # convolution is slow on CPU, an FFT of the padded image is not (see _ops).
     x = to_unit(images, torch.float64)
-    return from_unit(_ops.correlate2d_fft(x, disk_kernel(radius, alias).double(), "mirror"))
+    return from_unit(_ops.correlate2d_large(x, disk_kernel(radius, alias).double(), "mirror"))
 
 
 def _copy_chain(src: torch.Tensor, offsets: torch.Tensor, delta: int, h: int, w: int) -> torch.Tensor:

@@ -63,7 +63,9 @@ def saturate(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.Tenso
 def contrast(images: torch.Tensor, severity: int, rng: SampleRNG) -> torch.Tensor:
     c = CONTRAST[severity - 1]
     x = to_unit(images, torch.float64)
-    means = x.mean(dim=(2, 3), keepdim=True)
+    # One reduction per image: a GPU reduction over the whole batch may sum in another
+    # order for another batch size, and the result must not depend on the batch.
+    means = torch.stack([img.mean(dim=(1, 2), keepdim=True) for img in x])
     return from_unit((x - means) * c + means)
 
 
