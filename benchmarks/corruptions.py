@@ -3,7 +3,7 @@
 Three ways to corrupt 224 px images, measured side by side in one process for each
 corruption (alternating, best of --repeats, milliseconds per image):
   batched   `corrupt_batch` on a batch of --batch-size images (what `stl-bench corrupt`
-            and on-the-fly IN-C evaluation run);
+            and on-the-fly IN-C evaluation run; on a CPU it works 2 images at a time);
   single    the same kernels one image at a time (batch 1);
   tu        torch-uncertainty's per-image torch ports (`torch_uncertainty.transforms.
             corruption`), when the package imports; it has no spatter. Its ports trade
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stl_bench.data.corruptions import CORRUPTIONS, IMAGENET_C_PRE, corrupt_batch
+from stl_bench.data.corruptions import CORRUPTIONS, IMAGENET_C_PRE, STANDARD_CORRUPTIONS, corrupt_batch
 
 # torch-uncertainty's class for each of our corruptions (it has no spatter).
 TU_CLASSES = {
@@ -92,7 +92,7 @@ def main() -> None:
     header = f"{'corruption':18s} {'batched':>9s} {'single':>9s} {'single/b':>9s} {'tu':>9s} {'tu/b':>7s}"
     print(header)
     print("-" * len(header))
-    totals = {"batched": 0.0, "single": 0.0}
+    rows: dict[str, tuple[float, float, float | None]] = {}
     for name in names:
         # Warm-up: caches (kernels, frost textures, matrices) are built once per process.
         corrupt_batch(x[:2], name, args.severity, seeds[:2])
@@ -108,13 +108,22 @@ def main() -> None:
                 tu_ms = best_ms_per_image(lambda: [tu(f.clone()) for f in floats], len(floats), args.repeats)
             except Exception as exc:  # noqa: BLE001
                 print(f"  (torch-uncertainty {TU_CLASSES[name]} failed: {type(exc).__name__}: {exc})")
-        totals["batched"] += batched
-        totals["single"] += single
+        rows[name] = (batched, single, tu_ms)
         tu_text = f"{tu_ms:9.2f} {tu_ms / batched:7.1f}" if tu_ms is not None else f"{'n/a':>9s} {'':>7s}"
         print(f"{name:18s} {batched:9.2f} {single:9.2f} {single / batched:9.1f} {tu_text}", flush=True)
     print("-" * len(header))
-    print(f"{'total':18s} {totals['batched']:9.2f} {totals['single']:9.2f} "
-          f"{totals['single'] / totals['batched']:9.1f}")
+    for label, group in (("total", list(rows)), ("total standard", [n for n in rows if n in STANDARD_CORRUPTIONS])):
+        if not group:
+            continue
+        b = sum(rows[n][0] for n in group)
+        s1 = sum(rows[n][1] for n in group)
+        with_tu = [n for n in group if rows[n][2] is not None]
+        tu_text = ""
+        if with_tu:
+            tu_sum = sum(rows[n][2] for n in with_tu)
+            ours = sum(rows[n][0] for n in with_tu)
+            tu_text = f" {tu_sum:9.2f} {tu_sum / ours:7.1f}  (tu over its {len(with_tu)})"
+        print(f"{label:18s} {b:9.2f} {s1:9.2f} {s1 / b:9.1f}{tu_text}")
 
 
 if __name__ == "__main__":
