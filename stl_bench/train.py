@@ -309,13 +309,15 @@ class MetricsLog:
 
 # --- evaluation ------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_ctx, channels_last: bool) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, d: Dist, amp_ctx, channels_last: bool, fused: bool = True
+) -> dict[str, float]:
     """Top-1/top-5 of the class head and, for token models, of the official fused head
     (class logits + 0.5 x per-class max over tokens). Shards are unpadded and only integer
     counts are summed across ranks, so every image counts exactly once."""
     was_training = model.training
     model.eval()
-    token = getattr(model, "has_token_head", False)
+    token = fused and getattr(model, "has_token_head", False)  # a baseline never trains aux_head
     correct1 = correct5 = fused1 = total = 0.0
     for batch in loader:
         if batch.images.numel() == 0:
@@ -453,8 +455,8 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
     if resume is not None:
         ckpt = load_resume(resume, cfg, num_classes, classes)
         model.load_state_dict(ckpt["model"])
-        if ema is not None and ckpt.get("model_ema"):
-            ema.module.load_state_dict(ckpt["model_ema"])
+        if ema is not None:  # a run that kept no EMA before starts one from its current weights
+            ema.module.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
@@ -491,9 +493,11 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
     def checkpoint(epoch: int, path: Path = out / LAST) -> None:
         if not d.main:
             return
+        state: dict[str, Any] = {"model": model.state_dict()}
+        if ema is not None:  # absent, not None, when the run keeps no EMA
+            state["model_ema"] = ema.module.state_dict()
         save_atomic({
-            "model": model.state_dict(),
-            "model_ema": ema.module.state_dict() if ema is not None else None,
+            **state,
             "arch": cfg.model,
             "num_classes": num_classes,
             "model_kwargs": model_kwargs,
@@ -609,9 +613,11 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
             log.warning("epoch %d: %d unreadable image(s) skipped (rank %d saw e.g. %s)", epoch + 1, int(bad_all),
                         d.rank, ", ".join(bad_files[:3]) or "none")
         if val_loader is not None:
-            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, d, amp_ctx, cfg.channels_last).items()})
+            fused = cfg.stage != "baseline"
+            row.update({f"val_{k}": v for k, v in evaluate(model, val_loader, d, amp_ctx, cfg.channels_last, fused).items()})
             if ema is not None:
-                row.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_loader, d, amp_ctx, cfg.channels_last).items()})
+                row.update({f"ema_{k}": v for k, v in
+                            evaluate(ema.module, val_loader, d, amp_ctx, cfg.channels_last, fused).items()})
         if d.main:
             metrics.append(row)
             checkpoint(epoch + 1)
