@@ -88,15 +88,16 @@ class _Prepare:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._geometry = None  # built on first use, in the worker process
 
     def __call__(self, img):
         from torchvision.transforms.functional import pil_to_tensor
 
-        if self.size:
+        if self.size and self._geometry is None:
             from stl_bench.data.corruptions import imagenet_c_transform
 
-            img = imagenet_c_transform(self.size)(img)
-        return pil_to_tensor(img)
+            self._geometry = imagenet_c_transform(self.size)
+        return pil_to_tensor(self._geometry(img) if self.size else img)
 
 
 def _output_names(src: Path, samples: list, classes: list[str]) -> list[str]:

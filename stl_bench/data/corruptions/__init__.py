@@ -24,15 +24,17 @@ severities (4.5 million values per corruption):
   Bernoulli definition, checked statistically.
 Deviations by design: motion_blur and snow port ImageMagick's MotionBlurImage and its
 8-bit output instead of calling it (the comparison above ran real ImageMagick);
-elastic_transform reproduces OpenCV 3/4's 1/32-pixel warp (OpenCV 5 changed it; against
-OpenCV 5, 0.1% of values differ by one); images larger than a frost photograph get an
-enlarged texture (ImageNet-C never needed one). Parameters are pixel values made for
+elastic_transform reproduces OpenCV 3/4's 1/32-pixel warp, with which ImageNet-C was
+made (OpenCV 5 samples at full precision: against it 5% of values differ, by up to 3);
+images larger than a frost photograph get an enlarged texture (ImageNet-C never needed
+one). Parameters are pixel values made for
 224 px: other sizes get the same pixels (resize first for benchmark numbers).
 
 Speed (224 px, severity 3, this project's 2-core CPU VM, `benchmarks/corruptions.py`, ms
-per image, all 19 / the 15 standard): batch 32 51 / 45 with 2 threads, 78 / 58 with 1;
-torch-uncertainty's per-image ports (18, no spatter; several simplified) 152 with 2
-threads, 180 with 1; ImageNet-C's own code ~145 for the 15 on one core (DESIGN.md).
+per image, all 19 / the 15 standard): batch 32 48 / 36 with 2 threads, 71 / 52 with 1.
+torch-uncertainty's per-image ports, run side by side (18, no spatter; several are
+simplified): 146 / 143 with 2 threads, 173 / 169 with 1, so 3-4x slower; ImageNet-C's
+own code is ~145 for the 15 on one core (DESIGN.md). Not measured here: CUDA (no GPU).
 On CPU a batch is worked 2 images at a time (cache-sized); on GPU in one piece.
 """
 from __future__ import annotations

@@ -69,6 +69,11 @@ def _frost_textures(device: str) -> tuple[torch.Tensor, ...]:
 
     textures = {}
     for name in set(FROST_FILES):
+        if not (ASSETS / name).is_file():
+            raise FileNotFoundError(
+                f"frost texture {ASSETS / name} is missing: the package was installed without its "
+                "data files (stl_bench/data/corruptions/assets/*); reinstall it from the source tree"
+            )
         with Image.open(ASSETS / name) as img:
             arr = np.asarray(img.convert("RGB"))
         textures[name] = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous().to(device)
