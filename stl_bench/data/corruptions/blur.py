@@ -14,17 +14,20 @@ How each follows ImageNet-C's `make_imagenet_c.py`:
   is a sequence of copies, not swaps. A copy sequence has a closed form: position p
   ends with the value of its partner q as it was when p was visited, which is q's new
   value if q was visited before p, else its old one. Following those links is a
-  pointer chase that we resolve for all pixels at once by pointer doubling (about 16
-  gather rounds per iteration), so the result equals the sequential loop exactly for
-  the same offsets (a test replays the loop) while running batched on any device.
+  pointer chase that we resolve for all pixels at once by pointer doubling (log2 of the
+  longest chain: 4-5 gather rounds per pass at 224 px), so the result equals the
+  sequential loop exactly for the same offsets (a test replays the loop) while running
+  batched on any device.
 - motion_blur: ImageMagick's MotionBlurImage (see `_ops.motion_blur`) instead of a call
   into ImageMagick; 8-bit output quantised as ImageMagick's Q16 pipeline does it.
 - zoom_blur: the average of the image and its `clipped_zoom`s (scipy.ndimage.zoom,
   order 1, with scipy's (n-1)/(m-1) coordinate mapping), one grid_sample per zoom.
 - gaussian_blur: scikit-image `gaussian(sigma)` ('nearest' border, truncate 4).
 
-Blurs compute in float32 where the original used float64; the measured effect after
-the uint8 truncation is in the package docstring.
+defocus and glass blur compute in float64 like the original, because their results are
+truncated to uint8 where float32 rounding showed; gaussian_blur and zoom_blur's
+accumulation use float32 (zoom_blur's was float32 in the original too). The measured
+differences after truncation are in the package docstring.
 """
 from __future__ import annotations
 
