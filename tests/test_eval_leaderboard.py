@@ -1,7 +1,6 @@
 """Leaderboard CSV semantics and the reported-vs-measured comparison."""
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
@@ -42,13 +41,16 @@ def test_key_columns_are_required():
         merge_row(None, {"model": "x", "in1k_top1": 1.0})
 
 
+def _card(path, name, arch, reported):
+    path.write_text(f"---\nname: {name}\ntitle: {name}\narch: {arch}\ninput_size: [3, 224, 224]\n"
+                    f"params: 7400000\nreported: {reported}\nurl: ''\n---\n\nA card.\n")
+
+
 def test_reported_vs_measured_from_cards(tmp_path):
     cards = tmp_path / "cards"
     cards.mkdir()
-    (cards / "fan_tiny.json").write_text(json.dumps({
-        "name": "fan-t-hybrid", "arch": "fan_tiny", "params": 7.4e6, "url": "",
-        "reported": {"in1k_top1": 80.1, "inc_acc": 57.4}}))
-    (cards / "broken.json").write_text("{not json")
+    _card(cards / "fan_tiny.md", name="fan-t-hybrid", arch="fan_tiny", reported="{in1k_top1: 80.1, inc_acc: 57.4}")
+    (cards / "notes.txt").write_text("not a card")
     loaded = load_model_cards(cards)
     assert list(loaded) == ["fan-t-hybrid"]
     table = merge_row(None, {**BASE, "in1k_top1": 79.6})
@@ -64,7 +66,7 @@ def test_leaderboard_command(tmp_path, capsys):
     update_leaderboard(path, {**BASE, "in1k_top1": 79.6, "params": 7_400_000})
     cards = tmp_path / "cards"
     cards.mkdir()
-    (cards / "t.json").write_text(json.dumps({"name": "t", "arch": "fan_tiny", "reported": {"in1k_top1": 80.1}}))
+    _card(cards / "t.md", name="t", arch="fan_tiny", reported="{in1k_top1: 80.1}")
     assert main(["leaderboard", str(path), "--cards", str(cards)]) == 0
     out = capsys.readouterr().out
     assert "fan_tiny" in out and "79.60" in out and "80.10" in out and "-0.50" in out

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from stl_bench.evaluate.preprocess import Preprocessing
     from stl_bench.evaluate.reference import resolve_reference
     from stl_bench.evaluate.report import format_summary, long_table, summarize
-    from stl_bench.evaluate.results import ResultStore, atomic_write_text, file_sha256
+    from stl_bench.evaluate.results import ResultStore, atomic_write_text
+    from stl_bench.fan.checkpoint import file_sha256
     from stl_bench.evaluate.suites import SuiteOptions
 
     specs = _suite_specs(args)

@@ -166,11 +166,16 @@ def open_runner(
         logging.getLogger(__name__).warning("%s has random weights: no checkpoint was given", model_name)
         name, weights, class_names, extra = model_name, "random-init", None, {}
     has_tokens = bool(getattr(model, "has_token_head", False))
+    data_config = timm.data.resolve_data_config({}, model=model)
+    img_size = ckpt.model_kwargs.get("img_size") if source is not None else None
+    if img_size:  # a model trained at another size than its registered default
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        data_config["input_size"] = (data_config["input_size"][0], h, w)
     info = RunnerInfo(
         name=name,
         backend="torch",
         num_classes=int(getattr(model, "num_classes", 0)),
-        data_config=timm.data.resolve_data_config({}, model=model),
+        data_config=data_config,
         has_tokens=has_tokens,
         head=resolve_head(head, has_tokens),
         weights=weights,

@@ -12,7 +12,6 @@ never touched; the file is rewritten atomically under a lock.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -130,27 +129,13 @@ def update_leaderboard(path: Path | str, row: dict[str, Any]):
 
 # -- model cards ---------------------------------------------------------------------------------
 def load_model_cards(cards_dir: Path | str | None = None) -> dict[str, dict]:
-    """Model cards keyed by name: from `stl_bench.fan.cards` when it exists, else the
-    `*.json` files of `cards_dir`. Missing cards are not an error: nothing to compare."""
-    if cards_dir is None:
-        try:
-            from stl_bench.fan.cards import load_cards
-        except ImportError:
-            cards_dir = Path("models")
-        else:
-            return dict(load_cards())
-    cards: dict[str, dict] = {}
-    cards_dir = Path(cards_dir)
-    if not cards_dir.is_dir():
-        return cards
-    for path in sorted(cards_dir.glob("*.json")):
-        try:
-            card = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            log.warning("model card %s is not valid JSON (%s); skipped", path, exc)
-            continue
-        cards[str(card.get("name", path.stem))] = card
-    return cards
+    """Model cards keyed by name (the Markdown cards of `models/`, or of `cards_dir`).
+
+    A missing folder is not an error: there is simply nothing to compare with.
+    """
+    from stl_bench.fan.cards import load_cards
+
+    return load_cards(Path(cards_dir) if cards_dir else None)
 
 
 def _card_for(model: str, cards: dict[str, dict]) -> dict | None:

@@ -8,7 +8,6 @@ made with another setup is stale and computed again, never mixed in.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -45,15 +44,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file: the checkpoint identity in leaderboard rows."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
