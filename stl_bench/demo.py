@@ -1,0 +1,186 @@
+"""`stl-bench demo`: the whole toolkit on the built-in digits, on a CPU.
+
+The demo runs the same commands a user would, in order, through the CLI's own entry
+point, so what it shows is what the commands do: train the plain tiny-FAN baseline, an
+AlexNet-style CNN (this data set's stand-in for AlexNet, the mCE normaliser), the STL
+token labeler and the STL student; evaluate all four on the clean validation split and
+on the ImageNet-C corruptions made on the fly; export the student to ONNX with its
+parity check. Every step saves its results as it goes, so a re-run skips finished
+training runs, finished evaluation cells and an existing export.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stl_bench.errors import StlBenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One training run of the demo: its folder name, stage and model."""
+
+    name: str
+    stage: str
+    model: str
+    role: str
+
+
+# The reference CNN trains first: its errors are the normaliser the others are scored by.
+RUNS = (
+    DemoRun("alexnet_mini", "baseline", "alexnet_mini_32", "CE normaliser (AlexNet's part)"),
+    DemoRun("baseline", "baseline", "fan_nano_4_p4_32", "plain tiny FAN"),
+    DemoRun("labeler", "labeler", "fan_nano_4_p4_32_token", "STL stage 1: token labeler"),
+    DemoRun("student", "student", "fan_nano_4_p4_32_token", "STL stage 2: student"),
+)
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs; the defaults are the README's main job."""
+
+    output: Path = Path("stl_bench_runs/demo")
+    data: Path | None = None
+    epochs: int | None = None  # None: the `demo` training preset's own
+    seed: int = 42
+    corruptions: tuple[str, ...] | None = None  # None: all 15 + 4
+    severities: tuple[int, ...] | None = None  # None: 1..5
+    max_train_samples: int | None = None
+    export: bool = True
+    progress: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.output / "leaderboard.csv"
+
+    def run_dir(self, name: str) -> Path:
+        return self.output / name
+
+    def eval_dir(self, name: str) -> Path:
+        return self.output / "eval" / name
+
+    @property
+    def normalizer(self) -> Path:
+        return self.eval_dir("alexnet_mini") / "results_long.csv"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.output / "student.onnx"
+
+
+def _cli(argv: list[str]) -> None:
+    from stl_bench.cli import main
+
+    log.info("$ stl-bench %s", " ".join(argv))
+    code = main(argv)
+    if code:
+        raise StlBenchError(f"demo step `stl-bench {' '.join(argv[:1])}` failed (exit {code}); see the message above. "
+                            "Re-running `stl-bench demo` keeps every finished step")
+
+
+def _train(cfg: DemoConfig, run: DemoRun, data: Path) -> None:
+    argv = ["train", "--preset", "demo", "--stage", run.stage, "--model", run.model, "--data", str(data),
+            "--output", str(cfg.run_dir(run.name)), "--seed", str(cfg.seed), "--resume"]
+    if cfg.epochs is not None:
+        argv += ["--epochs", str(cfg.epochs)]
+    if cfg.max_train_samples:
+        argv += ["--max-train-samples", str(cfg.max_train_samples)]
+    if run.stage == "student":
+        argv += ["--teacher", str(cfg.run_dir("labeler") / CHECKPOINT)]
+    if not cfg.progress:
+        argv += ["--no-progress"]
+    _cli(argv)
+
+
+def _evaluate(cfg: DemoConfig, run: DemoRun, data: Path, normalizer: str, leaderboard: Path) -> None:
+    argv = ["eval", str(cfg.run_dir(run.name) / CHECKPOINT), "--in1k", str(data / "val"),
+            "--in-c", str(data / "val"), "--inc-on-the-fly", "--normalizer", normalizer,
+            "--out", str(cfg.eval_dir(run.name)), "--leaderboard", str(leaderboard), "--device", "cpu",
+            "--workers", "1"]
+    if cfg.corruptions:
+        argv += ["--inc-corruptions", ",".join(cfg.corruptions)]
+    if cfg.severities:
+        argv += ["--inc-severities", ",".join(map(str, cfg.severities))]
+    if not cfg.progress:
+        argv += ["--no-progress"]
+    _cli(argv)
+
+
+def _export(cfg: DemoConfig, data: Path) -> None:
+    if cfg.onnx_path.exists():
+        log.info("%s exists; skipping the export (delete it to export again)", cfg.onnx_path)
+        return
+    _cli(["export", str(cfg.run_dir("student") / CHECKPOINT), "--output", str(cfg.onnx_path), "--tokens",
+          "--images", str(data / "val")])
+
+
+def _timed(cfg: DemoConfig, step: str, fn, *args) -> None:
+    start = time.perf_counter()
+    fn(*args)
+    cfg.timings[step] = time.perf_counter() - start
+
+
+def run_demo(cfg: DemoConfig) -> "pd.DataFrame":
+    """Run (or finish) every demo step and return the summary table."""
+    from stl_bench.data.demo import ensure_demo_data
+
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    data = ensure_demo_data(cfg.data)
+    for run in RUNS:
+        _timed(cfg, f"train {run.name}", _train, cfg, run, data)
+    # The normaliser's own errors first (scored against the ImageNet AlexNet table, a throwaway
+    # leaderboard), then every model, the normaliser included, against those errors.
+    _timed(cfg, "eval reference", _evaluate, cfg, RUNS[0], data, "alexnet",
+           cfg.output / "eval" / "reference_vs_imagenet_alexnet.csv")
+    for run in RUNS:
+        _timed(cfg, f"eval {run.name}", _evaluate, cfg, run, data, str(cfg.normalizer), cfg.leaderboard)
+    if cfg.export:
+        _timed(cfg, "export student", _export, cfg, data)
+    return summary_table(cfg)
+
+
+def summary_table(cfg: DemoConfig) -> "pd.DataFrame":
+    """One row per demo model from the leaderboard: clean accuracy and corruption robustness."""
+    import pandas as pd
+
+    table = pd.read_csv(cfg.leaderboard)
+    rows = []
+    for run in RUNS:
+        ckpt = str(cfg.run_dir(run.name) / CHECKPOINT)
+        match = table[table["checkpoint_path"] == ckpt]
+        if match.empty:
+            continue
+        row = match.iloc[-1]
+        rows.append({
+            "model": run.name, "role": run.role, "head": row.get("head"),
+            "clean top-1": row.get("in1k_top1"), "IN-C acc": row.get("inc_acc"),
+            "mCE": row.get("inc_mce"), "relative mCE": row.get("inc_rel_mce"),
+            "extra mCE": row.get("inc_extra_mce"),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_summary(table: "pd.DataFrame", cfg: DemoConfig) -> str:
+    lines = [table.to_string(index=False, float_format=lambda v: f"{v:.2f}"), ""]
+    lines.append("Accuracies in %; mCE = mean corruption error relative to alexnet_mini_32 on these digits "
+                 "(100 = as robust as that CNN, lower is better), over the 15 standard corruptions.")
+    lines.append(f"leaderboard: {cfg.leaderboard}; per-corruption CSVs and CE figures: {cfg.output / 'eval'}/*/")
+    if cfg.onnx_path.exists():
+        lines.append(f"ONNX export of the student (parity-checked): {cfg.onnx_path}")
+    if cfg.timings:
+        total = sum(cfg.timings.values())
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in cfg.timings.items()) + f"; total {total:.0f}s")
+    student, labeler = cfg.run_dir("student") / CHECKPOINT, cfg.run_dir("labeler") / CHECKPOINT
+    lines.append(f"open the app on these models: stl-bench app --teacher {labeler} --model {student}"
+                 f" --model {cfg.run_dir('baseline') / CHECKPOINT}")
+    return "\n".join(lines)
