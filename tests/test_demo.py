@@ -1,0 +1,74 @@
+"""`stl-bench demo` end to end at a reduced size, and its reuse of finished steps."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from stl_bench.cli import main
+from stl_bench.demo import CHECKPOINT, RUNS
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    argv = ["demo", "--output", str(out / "runs"), "--data", str(out / "data"), "--epochs", "1",
+            "--max-train-samples", "256", "--corruptions", "gaussian_noise,contrast", "--severities", "1,5",
+            "--no-progress"]
+    assert main(argv) == 0
+    return out / "runs", argv
+
+
+@pytest.mark.slow
+def test_demo_writes_every_output(demo_run, capsys):
+    runs, _ = demo_run
+    for run in RUNS:
+        assert (runs / run.name / CHECKPOINT).is_file()
+    board = pd.read_csv(runs / "leaderboard.csv")
+    assert len(board) == len(RUNS)
+    for column in ("model", "checkpoint", "head", "weights", "preprocessing", "params", "input_size",
+                   "images_per_s", "date", "versions", "normalizer", "in1k_top1", "in1k_top5", "in1k_ece"):
+        assert column in board.columns, column
+    assert board["in1k_top1"].between(0, 100).all()
+    assert set(board["head"]) == {"cls", "fused"}
+    assert board["normalizer"].str.contains("results_long.csv").all()
+    for run in RUNS:
+        long = pd.read_csv(runs / "eval" / run.name / "results_long.csv")
+        assert list(long.columns[:6]) == ["suite", "corruption", "severity", "n", "correct", "error"]
+        inc = long[long["suite"] == "in-c"]
+        assert sorted(set(inc["corruption"])) == ["contrast", "gaussian_noise"]
+        assert sorted(set(inc["severity"])) == [1, 5]
+        assert ((inc["error"] >= 0) & (inc["error"] <= 1)).all()
+        assert (inc["correct"] <= inc["n"]).all() and (inc["n"] == long[long["suite"] == "in1k"]["n"].iloc[0]).all()
+    # The normaliser is scored against itself: CE 100 for each corruption it has.
+    ref = board[board["checkpoint_path"].str.contains("alexnet_mini")].iloc[0]
+    for corruption in ("gaussian_noise", "contrast"):
+        assert math.isclose(ref[f"ce_{corruption}"], 100.0, abs_tol=1e-6)
+
+
+@pytest.mark.slow
+def test_demo_export_matches_pytorch(demo_run):
+    from stl_bench.deploy.runner import open_runner
+
+    runs, _ = demo_run
+    onnx_runner = open_runner(str(runs / "student.onnx"))
+    torch_runner = open_runner(str(runs / "student" / CHECKPOINT))
+    assert onnx_runner.info.has_tokens and onnx_runner.info.head == torch_runner.info.head == "fused"
+    x = torch.randn(5, 3, 32, 32)
+    a, b = onnx_runner.predict(x), torch_runner.predict(x)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.token_logits, b.token_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_demo_rerun_reuses_finished_steps(demo_run, capsys):
+    runs, argv = demo_run
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and p.suffix in (".pt", ".onnx")}
+    cells = {p: p.stat().st_mtime_ns for p in (runs / "eval").rglob("cells/*")}
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "open the app on these models: stl-bench app" in out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing retrained or re-exported
+    assert all(p.stat().st_mtime_ns == t for p, t in cells.items())  # no cell recomputed
