@@ -117,3 +117,15 @@ def test_counts_pack_and_add_exactly():
     both = CellCounts()
     both.n, both.correct1 = a.n + b.n, a.correct1 + b.correct1
     assert (summed.n, summed.correct1, sum(summed.bin_count)) == (11, both.correct1, 11)
+
+
+def test_reference_without_a_corruption_gap_gives_nan_not_a_crash():
+    """A reference at chance (as robust under corruption as clean) leaves relative CE undefined."""
+    from stl_bench.evaluate.metrics import corruption_report
+    from stl_bench.evaluate.reference import CEReference
+
+    ref = CEReference("flat", {"gaussian_noise": {s: 0.9 for s in range(1, 6)}}, clean_error=0.9)
+    report = corruption_report({("gaussian_noise", s): 0.5 for s in range(1, 6)}, ref, 0.2)
+    assert report.ce["gaussian_noise"] == pytest.approx(100 * 2.5 / 4.5)
+    assert math.isnan(report.rel_ce["gaussian_noise"])
+    assert any("relative CE undefined" in n for n in report.notes)

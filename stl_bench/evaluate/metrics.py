@@ -166,10 +166,18 @@ def corruption_report(
             continue
         model_sum = sum(errors[(c, s)] for s in severities)
         ref_sum = sum(ref[s] for s in severities)
-        ce[c] = 100.0 * model_sum / ref_sum
-        if have_clean and not math.isnan(ref_clean):
-            n = len(severities)
-            rel[c] = 100.0 * (model_sum - n * clean_error) / (ref_sum - n * ref_clean)
+        ce[c] = 100.0 * model_sum / ref_sum if ref_sum > 0 else math.nan
+        if ref_sum <= 0:
+            notes.append(f"reference {reference.name} makes no errors on {c}: its CE is undefined")
+        n = len(severities)
+        ref_gap = ref_sum - n * ref_clean if have_clean and not math.isnan(ref_clean) else math.nan
+        if ref_gap == 0:
+            # A reference no worse corrupted than clean (an untrained model at chance, say)
+            # leaves relative CE undefined rather than infinite.
+            notes.append(f"reference {reference.name} loses no accuracy on {c}: relative CE undefined")
+            rel[c] = math.nan
+        elif not math.isnan(ref_gap):
+            rel[c] = 100.0 * (model_sum - n * clean_error) / ref_gap
         else:
             rel[c] = math.nan
 
