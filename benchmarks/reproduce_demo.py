@@ -49,7 +49,8 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = runs.groupby("model", sort=False).agg(["mean", "std"])
+    numeric = runs[["model", *METRICS]].astype({c: float for c in METRICS})
+    stats = numeric.groupby("model", sort=False).agg(["mean", "std"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, col, label in ((axes[0], "clean top-1", "clean top-1 (%)"), (axes[1], "mCE", "mCE (lower is better)")):
         means, stds = stats[col]["mean"], stats[col]["std"].fillna(0.0)
