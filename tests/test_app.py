@@ -292,7 +292,7 @@ def test_onnx_backend_gives_the_same_maps(tmp_path, demo_dir):
 def test_browser_loads_the_page_runs_an_example_and_screenshots(served, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip(f"no chromium at {CHROMIUM}: run scripts/install_chromium.sh (apt-get install chromium)")
+        pytest.skip(reason=f"no chromium at {CHROMIUM}: run scripts/install_chromium.sh (apt-get install chromium)")
     url = served[0]
     shot = Path(os.environ.get("STL_BENCH_SCREENSHOT", tmp_path / "app.png"))
     with sync_api.sync_playwright() as p:
