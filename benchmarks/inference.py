@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import tempfile
+from dataclasses import astuple
 from pathlib import Path
 
 import torch
@@ -28,21 +29,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import stl_bench  # noqa: E402,F401
 from stl_bench.deploy.bench import (  # noqa: E402
     Backend, BenchConfig, torch_forward, format_table, run_benchmark, time_interleaved, write_csv)
-from stl_bench.deploy.export_onnx import GraphOptions, export_onnx, metadata_for  # noqa: E402
+from stl_bench.deploy.export_onnx import export_onnx, metadata_for  # noqa: E402
+from stl_bench.deploy.graph_rewrites import GraphOptions  # noqa: E402
 from stl_bench.deploy.onnx_runner import OnnxRunner  # noqa: E402
 from stl_bench.fan import create_model  # noqa: E402
 
 log = logging.getLogger("benchmarks.inference")
 
-# (label, graph options, ORT optimization level, intra-op threads, spin)
+# (label, graph options, opset, ORT optimization level, intra-op threads, spin); the
+# first rows add one export rewrite at a time (stl_bench.deploy.graph_rewrites).
+_ALL = GraphOptions()
 ABLATION = [
-    ("plain export, ORT all", GraphOptions(False, False), "all", 0, None),
-    ("+ folded pos. encoding", GraphOptions(True, False), "all", 0, None),
-    ("+ token-last channel attn", GraphOptions(True, True), "all", 0, None),
-    ("  ORT level extended", GraphOptions(True, True), "extended", 0, None),
-    ("  ORT level basic", GraphOptions(True, True), "basic", 0, None),
-    ("  ORT 1 thread", GraphOptions(True, True), "all", 1, None),
-    ("  ORT no spinning", GraphOptions(True, True), "all", 0, False),
+    ("plain export, ORT all", GraphOptions.none(), 20, "all", 0, None),
+    ("+ folded pos. encoding", GraphOptions(True, False, False, False), 20, "all", 0, None),
+    ("+ folded layer scales", GraphOptions(True, False, True, False), 20, "all", 0, None),
+    ("+ token-last channel attn", GraphOptions(True, True, True, False), 20, "all", 0, None),
+    ("+ Attention op (default)", _ALL, 23, "all", 0, None),
+    ("  ORT level extended", _ALL, 23, "extended", 0, None),
+    ("  ORT level basic", _ALL, 23, "basic", 0, None),
+    ("  ORT 1 thread", _ALL, 23, "all", 1, None),
+    ("  ORT no spinning", _ALL, 23, "all", 0, False),
 ]
 
 
@@ -61,12 +67,13 @@ def ablation(name: str, batch: int, iters: int, warmup: int, work: Path) -> list
     torch.manual_seed(0)
     model = create_model(name).eval()
     meta = metadata_for(model, name, tokens=bool(getattr(model, "has_token_head", False)))
-    files: dict[tuple[bool, bool], Path] = {}
+    files: dict[tuple, Path] = {}
     backends = [Backend("eager", "fp32", torch_forward(model, torch.device("cpu"), None))]
-    for label, options, level, threads, spin in ABLATION:
-        key = (options.fold_positional_encoding, options.reorder_channel_attention)
+    for label, options, opset, level, threads, spin in ABLATION:
+        key = (*astuple(options), opset)
         if key not in files:
-            files[key] = export_onnx(model, work / f"{name}.{int(key[0])}{int(key[1])}.onnx", meta, options=options)
+            stem = "".join(str(int(v)) for v in key[:-1])
+            files[key] = export_onnx(model, work / f"{name}.{stem}.{opset}.onnx", meta, opset=opset, options=options)
         backends.append(Backend(label, "fp32", _ort(files[key], level, threads, spin)))
     x = torch.randn(batch, *meta.data_config["input_size"])
     times = time_interleaved(backends, x, iters, warmup, torch.device("cpu"))

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FP16 graph (FP32 inputs/outputs; LayerNorm, softmax, reductions in FP32); "
                              "the FP32 graph is kept as NAME.fp32.onnx")
     parser.add_argument("--img-size", type=int, help="export input size (default: the model's)")
-    parser.add_argument("--opset", type=int, default=20, help="ONNX opset (18..23)")
+    parser.add_argument("--opset", type=int, default=23,
+                        help="ONNX opset (18..23); 23 writes token mixing as one ONNX Attention node, which "
+                             "TensorRT parses from 10.14 on: use 20 for an older TensorRT")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 7], help="parity-check batch sizes")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (FP32 graph)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
@@ -50,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="folder of real images for the parity check "
                         "(default: scikit-learn's bundled digits)")
     parser.add_argument("--no-rewrites", action="store_true",
-                        help="export the graph exactly as traced (no folded positional encoding, no reordered "
-                             "channel attention); for comparisons")
+                        help="export the model's code exactly as traced (no folded positional encoding or layer "
+                             "scales, no reordered channel attention, no Attention node); for comparisons")
     trt = parser.add_argument_group("TensorRT engine (--output FILE.engine)")
     trt.add_argument("--min-batch", type=int, default=1)
     trt.add_argument("--opt-batch", type=int, default=8)
@@ -82,8 +84,8 @@ def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
     """Export, check parity (FP32, then FP16 if asked) in a scratch folder, then move into place."""
     import os
 
-    from stl_bench.deploy.export_onnx import (
-        GraphOptions, check_parity, convert_fp16, export_onnx, metadata_for, real_images)
+    from stl_bench.deploy.export_onnx import check_parity, convert_fp16, export_onnx, metadata_for, real_images
+    from stl_bench.deploy.graph_rewrites import GraphOptions
     from stl_bench.errors import StlBenchError
 
     model, arch, class_names, sha256, weights = _load_model(args)
@@ -93,7 +95,7 @@ def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
     meta = metadata_for(model, arch, tokens=args.tokens, class_names=class_names, checkpoint_sha256=sha256,
                         weights=weights, img_size=args.img_size)
     real = real_images(meta.data_config, max(32, *args.batch_sizes), args.images)
-    options = GraphOptions(False, False) if args.no_rewrites else GraphOptions()
+    options = GraphOptions.none() if args.no_rewrites else GraphOptions()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch:
         fp32 = export_onnx(model, Path(scratch) / "model.onnx", meta, opset=args.opset, options=options)

@@ -6,20 +6,11 @@ export is only kept if it gives the same answers as PyTorch (a parity check runs
 part of it), and it is written to a temporary name and renamed, so a killed export
 never leaves a half-written `.onnx` behind.
 
-Two export-time rewrites make the graph cheaper without changing what it computes
-(each is guarded by the parity check and by the all-variants test):
-
-* FAN's Fourier positional encoding depends only on the token grid, which is fixed for
-  the export size (only the batch is dynamic), so it is baked in as one constant
-  instead of a chain of arange/sin/cos/conv nodes and a per-batch `Tile`.
-* FAN's channel attention takes two softmaxes over the token axis of a
-  [B, N, heads, d] tensor; ONNX Runtime runs a softmax on a non-last axis as
-  transpose + softmax + transpose. Computing the same softmaxes on the [B, C, N]
-  layout puts the token axis last and drops those transposes.
+The export-time graph rewrites (same arithmetic, cheaper graph) live in
+`stl_bench.deploy.graph_rewrites`.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -32,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from stl_bench.deploy.graph_rewrites import GraphOptions, custom_translation_table, prepare_for_export
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -39,7 +31,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 LOGITS = "logits"
 TOKEN_LOGITS = "token_logits"
-DEFAULT_OPSET = 20
+DEFAULT_OPSET = 23  # the ONNX `Attention` op; 20 for TensorRT before 10.14
 SUPPORTED_OPSETS = range(18, 24)
 META_PREFIX = "stl_bench."
 META_FORMAT_VERSION = "1"
@@ -250,111 +242,6 @@ def save_onnx(proto: Any, path: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- graph preparation
-class _ConstantPositionalEncoding(nn.Module):
-    """FAN's Fourier positional encoding evaluated once for a fixed token grid."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("table", table)  # [1, C, H, W]
-
-    def forward(self, batch: int, h: int, w: int) -> torch.Tensor:
-        if (h, w) != tuple(self.table.shape[2:]):
-            raise ValueError(f"this export is for a {tuple(self.table.shape[2:])} token grid, not {(h, w)}")
-        return self.table.expand(batch, -1, -1, -1)
-
-
-class _TokenLastChannelProcessing(nn.Module):
-    """FAN's channel attention with both token softmaxes on the last axis.
-
-    Same arithmetic as `stl_bench.fan.model.ChannelProcessing.forward`, reordered:
-    q.softmax over tokens of [B, h, N, d] then transposed is the softmax of the
-    [B, h, d, N] layout on its last axis; the keys' mean over d then gives [B, h, N, 1].
-    """
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        m = self.inner
-        b, n, c = x.shape
-        heads = m.num_heads
-        q = m.q(x).transpose(1, 2).reshape(b, heads, c // heads, n).softmax(-1)  # B, h, d, N
-        k = x.transpose(1, 2).reshape(b, heads, c // heads, n).softmax(-1).mean(2).unsqueeze(-1)  # B, h, N, 1
-        attn = torch.sigmoid(q @ k) * m.temperature  # B, h, d, 1
-        v = m.norm_v(m.mlp_v(x, h, w))  # B, N, C
-        return v * attn.reshape(b, 1, c)
-
-
-def _fold_positional_encoding(model: nn.Module, input_size: Sequence[int]) -> bool:
-    from timm.models.xcit import PositionalEncodingFourier
-
-    pos = getattr(model, "pos_embed", None)
-    if not isinstance(pos, PositionalEncodingFourier) or not hasattr(model, "token_grid"):
-        return False
-    gh, gw = model.token_grid(tuple(input_size[-2:]))
-    with torch.no_grad():
-        model.pos_embed = _ConstantPositionalEncoding(pos(1, gh, gw).detach())
-    return True
-
-
-def _reorder_channel_attention(model: nn.Module) -> int:
-    from stl_bench.fan.model import ChannelProcessing
-
-    count = 0
-    for block in getattr(model, "blocks", []):
-        if isinstance(getattr(block, "mlp", None), ChannelProcessing):
-            block.mlp = _TokenLastChannelProcessing(block.mlp)
-            count += 1
-    return count
-
-
-class _ExportHeads(nn.Module):
-    """The graph's outputs: `logits`, plus `token_logits` for a token export.
-
-    Class logits are always the plain class head: the fused STL score is computed by
-    the runner from both outputs, so every backend fuses the same way.
-    """
-
-    def __init__(self, model: nn.Module, tokens: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.tokens = tokens
-        if hasattr(model, "set_output"):
-            model.set_output("cls")
-
-    def forward(self, x: torch.Tensor) -> Any:
-        if self.tokens:
-            return self.model.forward_tokens(x)
-        return self.model(x)
-
-
-@dataclass
-class GraphOptions:
-    """Export-time rewrites (see the module docstring); both on by default."""
-
-    fold_positional_encoding: bool = True
-    reorder_channel_attention: bool = True
-
-
-def prepare_for_export(model: nn.Module, input_size: Sequence[int], tokens: bool,
-                       options: GraphOptions | None = None) -> nn.Module:
-    """A copy of `model` in eval mode with the export rewrites applied and the heads chosen."""
-    options = options or GraphOptions()
-    if tokens and not getattr(model, "has_token_head", False):
-        raise StlBenchError(
-            f"--tokens needs a token-label model (a `*_token` variant); "
-            f"{getattr(model, 'default_cfg', {}).get('architecture', type(model).__name__)} has no token head"
-        )
-    model = copy.deepcopy(model).eval().float()
-    if options.fold_positional_encoding and _fold_positional_encoding(model, input_size):
-        log.debug("positional encoding folded into a constant for %s", tuple(input_size))
-    if options.reorder_channel_attention:
-        log.debug("channel attention reordered in %d blocks", _reorder_channel_attention(model))
-    return _ExportHeads(model, tokens).eval()
-
-
 # --------------------------------------------------------------------------- export
 def _symbolic_batch(proto: Any) -> bool:
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -384,7 +271,7 @@ def export_onnx(
         raise ValueError("trace with a batch of at least 2, or the batch dimension may be frozen")
     output = Path(output)
     input_size = tuple(metadata.data_config["input_size"])
-    wrapped = prepare_for_export(model, input_size, metadata.has_tokens, options)
+    wrapped = prepare_for_export(model, input_size, metadata.has_tokens, options, opset)
     example = torch.randn(trace_batch, *input_size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     names = [LOGITS, TOKEN_LOGITS] if metadata.has_tokens else [LOGITS]
@@ -393,6 +280,7 @@ def export_onnx(
         program = torch.onnx.export(
             wrapped, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=names,
             dynamic_shapes={"x": {0: batch}}, external_data=False, optimize=True, verbose=False,
+            custom_translation_table=custom_translation_table(),
         )
     proto = program.model_proto
     if not _symbolic_batch(proto):
@@ -535,8 +423,7 @@ def check_parity(
 
     runner = OnnxRunner.open(onnx_path, device="cpu", head="cls")
     meta: OnnxMetadata = runner.metadata
-    reference = prepare_for_export(model, meta.data_config["input_size"], meta.has_tokens,
-                                   GraphOptions(False, False))
+    reference = prepare_for_export(model, meta.data_config["input_size"], meta.has_tokens, GraphOptions.none())
     gen = torch.Generator().manual_seed(seed)
     input_size = tuple(meta.data_config["input_size"])
     if real is None:

@@ -215,6 +215,31 @@ def _dtype_name(trt_dtype: Any) -> str:
 
 
 # --------------------------------------------------------------------------- build
+ATTENTION_MIN_TENSORRT = (10, 14)  # the first ONNX parser that reads the `Attention` op
+
+
+def check_parser_supports(onnx_ops: set[str], tensorrt_version: str, onnx_path: Path | str) -> None:
+    """Refuse, before a long parse, a graph with an op this TensorRT's parser lacks.
+
+    stl-bench's default export (opset 23) writes token mixing as one ONNX `Attention`
+    node; older TensorRT needs the decomposed graph of `--opset 20`.
+    """
+    version = tuple(int(p) for p in tensorrt_version.split(".")[:2] if p.isdigit())
+    if "Attention" in onnx_ops and version < ATTENTION_MIN_TENSORRT:
+        need = ".".join(map(str, ATTENTION_MIN_TENSORRT))
+        raise StlBenchError(
+            f"{onnx_path} uses the ONNX Attention op, which TensorRT reads from {need} on (this is "
+            f"{tensorrt_version}); re-export it with `stl-bench export ... --opset 20`, or upgrade TensorRT"
+        )
+
+
+def _graph_ops(onnx_path: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {n.op_type for n in graph.node if n.domain in ("", "ai.onnx")}
+
+
 def build_engine(
     onnx_path: Path | str,
     engine_path: Path | str,
@@ -233,6 +258,7 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     meta = read_metadata(onnx_path)  # refuses foreign ONNX files before any GPU work
     trt = import_tensorrt()
+    check_parser_supports(_graph_ops(onnx_path), trt.__version__, onnx_path)
     platform = Platform.current()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

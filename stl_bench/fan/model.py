@@ -168,9 +168,12 @@ class DWConv(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, c = x.shape
-        x = x.transpose(1, 2).reshape(b, c, h, w)
+        # Token-major to NCHW through a 4-D permute (the same view as transpose +
+        # reshape): ONNX Runtime folds a [0, 3, 1, 2] permute into its blocked-layout
+        # reorder, where a 3-D transpose costs a full copy each way.
+        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
         x = self.conv2(self.bn(self.act(self.conv1(x))))
-        return x.reshape(b, c, n).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(b, n, c)
 
 
 class ConvMlp(nn.Module):
@@ -195,7 +198,8 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = self.fc1(x)
-        x = self.drop(self.gamma * self.dwconv(x, h, w)) + x
+        y = self.dwconv(x, h, w)
+        x = self.drop(y if self.gamma is None else self.gamma * y) + x
         return self.drop(self.fc2(x))
 
 
@@ -226,8 +230,8 @@ class SEMlp(ConvMlp):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = super().forward(x, h, w)
         b, n, c = x.shape
-        x = self.se(x.transpose(1, 2).reshape(b, c, h, w))
-        return x.reshape(b, c, n).transpose(1, 2)
+        x = self.se(x.reshape(b, h, w, c).permute(0, 3, 1, 2))
+        return x.permute(0, 2, 3, 1).reshape(b, n, c)
 
 
 class TokenMixing(nn.Module):
@@ -325,8 +329,42 @@ class FANBlock(nn.Module):
         self.gamma2 = nn.Parameter(eta * torch.ones(dim))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
-        return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x), h, w))
+        x = x + self.drop_path(_scaled(self.gamma1, self.attn(self.norm1(x))))
+        return x + self.drop_path(_scaled(self.gamma2, self.mlp(self.norm2(x), h, w)))
+
+    @torch.no_grad()
+    def fold_layer_scales(self) -> None:
+        """Multiply the per-channel layer scales into the maps that precede them.
+
+        For inference graphs only (the ONNX export uses it): each scale is an
+        elementwise multiply over every token, and each can ride on a per-channel
+        weight that is already there: `gamma1` on the attention's output projection,
+        `gamma2` on the channel attention's value LayerNorm (the attention weight that
+        follows is elementwise), the MLP's `gamma` on the last depth-wise conv. The
+        SE-MLP's `gamma2` stays: its squeeze-excite gate reads the unscaled output.
+        """
+        _fold_scale_into(self.attn.proj, self.gamma1)
+        self.gamma1 = None
+        mlp = self.mlp
+        if isinstance(mlp, ChannelProcessing):
+            _fold_scale_into(mlp.norm_v, self.gamma2)
+            self.gamma2 = None
+            mlp = mlp.mlp_v
+        if mlp.gamma is not None:
+            _fold_scale_into(mlp.dwconv.conv2, mlp.gamma)
+            mlp.gamma = None
+
+
+def _scaled(gamma: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if gamma is None else gamma * x
+
+
+def _fold_scale_into(layer: nn.Module, gamma: torch.Tensor) -> None:
+    """`gamma * layer(x)` == `layer'(x)` for a layer whose output channel c is an affine map."""
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.mul_(gamma.reshape(shape))
+    if layer.bias is not None:
+        layer.bias.mul_(gamma)
 
 
 class FAN(nn.Module):
