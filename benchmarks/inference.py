@@ -6,7 +6,8 @@ Two parts, both printing ratios to PyTorch eager measured in the same run:
    device (latency at batch 1, throughput at --batch-size, agreement on real images).
 2. `--ablation`: ONNX Runtime on the CPU at --batch-size for graph and session variants
    (the plain dynamo export, each export rewrite, ORT's optimization levels, threads),
-   to show where the ONNX speed-up comes from.
+   to show where the ONNX speed-up comes from, and the FP32 floor: the model's FLOPs at
+   the speed of one large FP32 matmul on the same cores, which no graph can beat.
 
     python benchmarks/inference.py --models fan_tiny_12_p16_224 fan_small_12_p4_hybrid_token \
         --batch-size 8 --ablation --csv benchmarks/results/cpu.csv
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stl_bench  # noqa: E402,F401
 from stl_bench.deploy.bench import (  # noqa: E402
-    Backend, BenchConfig, torch_forward, format_table, run_benchmark, time_interleaved, write_csv)
+    Backend, BenchConfig, flops_per_image, format_table, gemm_peak_flops, run_benchmark, time_interleaved,
+    torch_forward, write_csv)
 from stl_bench.deploy.export_onnx import export_onnx, metadata_for  # noqa: E402
 from stl_bench.deploy.graph_rewrites import GraphOptions  # noqa: E402
 from stl_bench.deploy.onnx_runner import OnnxRunner  # noqa: E402
@@ -78,8 +80,14 @@ def ablation(name: str, batch: int, iters: int, warmup: int, work: Path) -> list
     x = torch.randn(batch, *meta.data_config["input_size"])
     times = time_interleaved(backends, x, iters, warmup, torch.device("cpu"))
     base = statistics.median(times["eager"])
-    return [(b.name, 1e3 * statistics.median(times[b.name]), base / statistics.median(times[b.name]))
+    rows = [(b.name, 1e3 * statistics.median(times[b.name]), base / statistics.median(times[b.name]))
             for b in backends]
+    # The floor: every FLOP at the speed of one large FP32 matmul on these cores. No FP32
+    # graph of this model can beat it, whatever it fuses.
+    peak = gemm_peak_flops(torch.device("cpu"))
+    floor = batch * flops_per_image(model, tuple(meta.data_config["input_size"])) / peak
+    rows.append((f"FP32 floor ({peak / 1e9:.0f} GFLOP/s)", 1e3 * floor, base / floor))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load avg {os.getloadavg()}")
-    rows = []
+    rows, ablation_rows = [], []
     for name in args.models:
         if not args.skip_backends:
             config = BenchConfig(
@@ -116,12 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                 table = ablation(name, args.batch_size, args.throughput_iters, args.warmup, Path(tmp))
             print(f"\n{name}: ONNX Runtime CPU variants at batch {args.batch_size} "
                   f"(load avg {max(load, os.getloadavg()[0]):.2f})")
-            print(f"{'variant':<28} {'ms/batch':>9} {'x eager':>8}")
+            print(f"{'variant':<30} {'ms/batch':>9} {'x eager':>8}")
             for label, ms, ratio in table:
-                print(f"{label:<28} {ms:>9.1f} {ratio:>8.2f}")
+                print(f"{label:<30} {ms:>9.1f} {ratio:>8.2f}")
+                ablation_rows.append({"model": name, "batch": args.batch_size, "variant": label.strip(),
+                                      "ms_per_batch": round(ms, 2), "x_eager": round(ratio, 3),
+                                      "load_1m": round(load, 2)})
     if args.csv and rows:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
+    if args.csv and ablation_rows:
+        import pandas as pd
+
+        path = args.csv.with_name(args.csv.stem + "_ablation.csv")
+        pd.DataFrame(ablation_rows).to_csv(path, index=False)
+        print(f"wrote {path}")
     return 0
 
 

@@ -92,3 +92,24 @@ def test_bench_rejects_bad_counts(capsys):
     assert "at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--model", "fan_nano_4_p4_32", "--head", "mean"])
+
+
+def test_compile_backend_runs_on_cpu_and_matches_eager():
+    """inductor cannot trace under inference_mode (torch 2.14 raises 'Cannot set
+    version_counter for inference tensor'); the compile backend must use no_grad."""
+    from stl_bench.deploy.bench import _compiled_forward, torch_forward
+
+    torch.manual_seed(0)
+    model = create_model("fan_nano_4_p4_32_token", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = _compiled_forward(model, torch.device("cpu"), None)(x)
+    eager = torch_forward(model, torch.device("cpu"), None)(x)
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_gemm_peak_is_a_plausible_rate():
+    from stl_bench.deploy.bench import gemm_peak_flops
+
+    peak = gemm_peak_flops(torch.device("cpu"), size=256, iters=3)
+    assert 1e8 < peak < 1e15

@@ -97,11 +97,15 @@ class Backend:
 
 
 # --------------------------------------------------------------------------- backends
-def torch_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None) -> Forward:
+def torch_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None,
+                  inference_mode: bool = True) -> Forward:
+    """Eager forward; `inference_mode=False` uses no_grad instead, which `torch.compile`
+    needs (inductor cannot trace a model whose parameters meet inference tensors)."""
     has_tokens = bool(getattr(model, "has_token_head", False))
+    no_grad = torch.inference_mode if inference_mode else torch.no_grad
 
     def forward(x: torch.Tensor):
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if has_tokens:
                 cls, tokens = model.forward_tokens(x)
                 return cls.float(), tokens.float()
@@ -114,7 +118,7 @@ def _compiled_forward(model: torch.nn.Module, device: torch.device, amp: torch.d
     # CUDA graphs ("reduce-overhead") remove per-kernel launch cost on the GPU; on the
     # CPU there are no graphs to capture and inductor's default mode is the fast one.
     mode = "reduce-overhead" if device.type == "cuda" else None
-    inner = torch_forward(model, device, amp)
+    inner = torch_forward(model, device, amp, inference_mode=False)
     compiled = torch.compile(inner, mode=mode, dynamic=False)
 
     def forward(x: torch.Tensor):
@@ -308,6 +312,25 @@ def flops_per_image(model: torch.nn.Module, input_size: tuple[int, ...]) -> floa
         else:
             model(x)
     return float(counter.get_total_flops())
+
+
+def gemm_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048,
+                    iters: int = 10) -> float:
+    """FLOP/s of one large square matmul here: the practical ceiling for the model's matmuls.
+
+    A model cannot run faster than its FLOPs at this rate, so `flops / peak` is the floor
+    any backend's graph could reach at that precision on this machine.
+    """
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(device)
+    return 2.0 * size**3 * iters / (time.perf_counter() - start)
 
 
 def _machine(device: torch.device) -> str:
