@@ -304,9 +304,13 @@ def flops_per_image(model: torch.nn.Module, input_size: tuple[int, ...]) -> floa
     """Forward FLOPs of one image (matmuls, convolutions, attention), counted by PyTorch."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     x = torch.zeros(1, *input_size, device=next(model.parameters()).device)
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    # The counter knows no CPU flash-attention kernel and would count attention as 0;
+    # the math backend runs it as counted matmuls.
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
         if getattr(model, "has_token_head", False):
             model.forward_tokens(x)
         else:
