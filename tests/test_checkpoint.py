@@ -201,3 +201,55 @@ def test_unknown_model_name_suggests_close_ones(tmp_path, reference):
     torch.save({"w": torch.zeros(2)}, path)
     with pytest.raises(StlBenchError, match="fits no FAN variant"):
         create_model_from_checkpoint(path)
+
+
+# --- the input size a checkpoint is scored at ------------------------------------------
+def _official_at(tmp_path, reference, name: str, **args) -> str:
+    model, ema, _, _ = reference
+    obj = _official_dict(model.state_dict(), ema)
+    obj["args"] = argparse.Namespace(model=NAME, **args)
+    path = tmp_path / name
+    torch.save(obj, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("args, hw", [
+    ({"input_size": [3, 64, 48], "img_size": None}, (64, 48)),
+    ({"input_size": None, "img_size": 56}, (56, 56)),
+    ({"input_size": None, "img_size": None}, None),
+])
+def test_official_args_record_the_training_size(tmp_path, reference, args, hw):
+    from stl_bench.deploy.runner import open_runner
+
+    path = _official_at(tmp_path, reference, "ft.pth.tar", **args)
+    _, info = read_checkpoint(path)
+    assert info.input_hw == hw
+    runner = open_runner(path)
+    assert tuple(runner.info.data_config["input_size"]) == (3, *(hw or (32, 32)))
+
+
+def test_model_card_names_the_size_of_a_file_that_records_none(tmp_path, reference, monkeypatch):
+    """The official 384-px fine-tunes are matched to their card by file name."""
+    from stl_bench.deploy.runner import open_runner
+
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "nano_ft.md").write_text(
+        "---\nname: nano_ft_64\ntitle: t\narch: " + NAME + "\ninput_size: [3, 64, 64]\nparams: 1\n"
+        "reported: {}\nurl: https://example.invalid/nano_ft_64.pth.tar\nfile: nano_ft_64.pth.tar\n---\nbody\n"
+    )
+    monkeypatch.setenv("STL_BENCH_MODELS_DIR", str(cards))
+    path = _official_at(tmp_path, reference, "nano_ft_64.pth.tar", input_size=None, img_size=None)
+    assert tuple(open_runner(path).info.data_config["input_size"]) == (3, 64, 64)
+    # An explicit size wins over the card; another file name matches no card.
+    assert tuple(open_runner(path, img_size=48).info.data_config["input_size"]) == (3, 48, 48)
+    other = _official_at(tmp_path, reference, "renamed.pth.tar", input_size=None, img_size=None)
+    assert tuple(open_runner(other).info.data_config["input_size"]) == (3, 32, 32)
+
+
+def test_the_384px_cards_name_their_release_files():
+    from stl_bench.fan.cards import card_for_file
+
+    for name in ("fan_hybrid_base_in22k_1k_384", "fan_hybrid_large_in22k_1k_384"):
+        card = card_for_file(f"/downloads/{name}.pth.tar")
+        assert card is not None and card["input_size"] == [3, 384, 384], name

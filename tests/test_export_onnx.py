@@ -171,3 +171,18 @@ def test_bad_output_suffix_and_opset(exported, tmp_path, capsys):
     assert "must end in .onnx" in capsys.readouterr().err
     assert main(["export", str(exported["ckpt"]), "-o", str(tmp_path / "x.onnx"), "--opset", "11"]) == 1
     assert "--opset 11 is not supported" in capsys.readouterr().err
+
+
+def test_export_uses_the_size_a_checkpoint_records(tmp_path):
+    """A fine-tune at another size than the architecture's is exported at its own size."""
+    import argparse
+
+    torch.manual_seed(0)
+    model = create_model("fan_nano_4_p4_32", num_classes=10)
+    path = tmp_path / "ft48.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "arch": "fan_nano_4_p4_32",
+                "args": argparse.Namespace(model="fan_nano_4_p4_32", input_size=[3, 48, 48], img_size=None)}, path)
+    out = tmp_path / "ft48.onnx"
+    assert main(["export", str(path), "-o", str(out), "--batch-sizes", "1,2"]) == 0
+    meta = read_metadata(out)
+    assert tuple(meta.data_config["input_size"]) == (3, 48, 48)

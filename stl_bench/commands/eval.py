@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                    help="autocast dtype (auto: bf16 on GPU, none on CPU)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on GPU)")
+    r.add_argument("--img-size", type=int, help="input size for a checkpoint (default: what the file or its model "
+                   "card records, e.g. 384 for the 384-px fine-tunes, else the architecture's)")
     r.add_argument("--batch-size", type=int, default=None, help="images per batch (default 256 on GPU, 64 on CPU)")
     r.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
     r.add_argument("--max-cells", type=int, help="stop after computing this many cells (re-run to continue)")
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     runner = runner_mod.open_runner(args.source, model_name=args.model, device=device, head=args.head,
                                     use_ema=args.ema, num_classes=args.num_classes, amp_dtype=amp,
-                                    channels_last=args.channels_last)
+                                    channels_last=args.channels_last, img_size=args.img_size)
     info = runner.info
     prep = Preprocessing.from_data_config(info.data_config)
     if args.source:

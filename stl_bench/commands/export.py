@@ -65,11 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_model(args: argparse.Namespace):
     from stl_bench.errors import StlBenchError
-    from stl_bench.fan.factory import create_model, create_model_from_checkpoint
+    from stl_bench.fan.factory import create_model, create_model_from_checkpoint, trained_input_hw
 
     if args.source:
         model, info = create_model_from_checkpoint(Path(args.source), args.model, use_ema=args.ema,
                                                    num_classes=args.num_classes)
+        if not args.img_size:
+            hw, why = trained_input_hw(info)
+            if hw:
+                log.info("exporting at %dx%d (from %s)", hw[0], hw[1], why)
+                args.img_size = hw
         return model, info.arch, info.class_names, info.sha256, f"{info.weights}:{Path(args.source).name}"
     if not args.model:
         raise StlBenchError("nothing to export: pass a checkpoint, or --model NAME for random weights")

@@ -130,8 +130,10 @@ class OnnxMetadata:
 
 
 def metadata_for(model: nn.Module, arch: str, *, tokens: bool, class_names: Sequence[str] | None = None,
-                 checkpoint_sha256: str = "", weights: str = "", img_size: int | None = None) -> OnnxMetadata:
-    """The metadata of an export of `model` (preprocessing from its timm config)."""
+                 checkpoint_sha256: str = "", weights: str = "",
+                 img_size: int | tuple[int, int] | None = None) -> OnnxMetadata:
+    """The metadata of an export of `model` (preprocessing from its timm config; `img_size`,
+    an int or (H, W), overrides its input size)."""
     import timm.data
 
     from stl_bench import __version__
@@ -140,7 +142,8 @@ def metadata_for(model: nn.Module, arch: str, *, tokens: bool, class_names: Sequ
     data_config = {k: resolved[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")}
     data_config["crop_mode"] = resolved.get("crop_mode", "center")
     if img_size:
-        data_config["input_size"] = (data_config["input_size"][0], img_size, img_size)
+        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        data_config["input_size"] = (data_config["input_size"][0], *hw)
     num_classes = int(getattr(model, "num_classes", 0))
     if class_names is not None and len(class_names) != num_classes:
         raise StlBenchError(

@@ -129,12 +129,16 @@ def open_runner(
     num_classes: int | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    img_size: int | None = None,
 ) -> Runner:
     """Open whatever a user points at as a `Runner`.
 
     `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file
     or a TensorRT engine; with no source, `model_name` builds a randomly initialised
-    model (for benchmarks and smoke tests; a warning says so).
+    model (for benchmarks and smoke tests; a warning says so). A checkpoint's input size
+    is `img_size` if given, else what the file or its model card records (a 384-px
+    fine-tune is scored at 384), else the architecture's default. Exported files carry
+    theirs and ignore `img_size`.
     """
     import logging
     from pathlib import Path
@@ -142,7 +146,7 @@ def open_runner(
     import timm.data
 
     from stl_bench.errors import StlBenchError
-    from stl_bench.fan.factory import create_model, create_model_from_checkpoint
+    from stl_bench.fan.factory import create_model, create_model_from_checkpoint, trained_input_hw
 
     if source is not None:
         path = Path(source)
@@ -167,10 +171,15 @@ def open_runner(
         name, weights, class_names, extra = model_name, "random-init", None, {}
     has_tokens = bool(getattr(model, "has_token_head", False))
     data_config = timm.data.resolve_data_config({}, model=model)
-    img_size = ckpt.model_kwargs.get("img_size") if source is not None else None
-    if img_size:  # a model trained at another size than its registered default
-        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        data_config["input_size"] = (data_config["input_size"][0], h, w)
+    if img_size:
+        hw, why = (img_size, img_size), "--img-size"
+    elif source is not None:
+        hw, why = trained_input_hw(ckpt)
+    else:
+        hw, why = None, ""
+    if hw and tuple(hw) != tuple(data_config["input_size"][1:]):  # trained at another size than the default
+        data_config["input_size"] = (data_config["input_size"][0], *hw)
+        logging.getLogger(__name__).info("%s: input %dx%d (from %s)", name, hw[0], hw[1], why)
     info = RunnerInfo(
         name=name,
         backend="torch",

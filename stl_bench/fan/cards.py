@@ -55,3 +55,9 @@ def load_cards(directory: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def cards_for_arch(arch: str, directory: Path | None = None) -> list[dict[str, Any]]:
     return [c for c in load_cards(directory).values() if c["arch"] == arch]
+
+
+def card_for_file(path: Path | str, directory: Path | None = None) -> dict[str, Any] | None:
+    """The card whose released `file` has this checkpoint's name (downloads keep it)."""
+    name = Path(path).name
+    return next((c for c in load_cards(directory).values() if c.get("file") == name), None)

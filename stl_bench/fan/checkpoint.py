@@ -43,6 +43,8 @@ class CheckpointInfo:
     class_names: list[str] | None = None
     epoch: int | None = None
     has_ema: bool = False
+    input_hw: tuple[int, int] | None = None  # the size it was trained/fine-tuned at, where the file says
+
 
     @property
     def sha256(self) -> str:
@@ -169,8 +171,27 @@ def read_checkpoint(path: Path | str, use_ema: bool = False) -> tuple[dict[str, 
         class_names=list(obj["class_names"]) if obj.get("class_names") else None,
         epoch=obj.get("epoch") if isinstance(obj.get("epoch"), int) else None,
         has_ema=ema_key is not None,
+        input_hw=_recorded_input_hw(obj.get("model_kwargs") or {}, args),
     )
     return _strip_prefixes(obj[key]), info
+
+
+def _as_hw(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int) and value > 0:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(isinstance(v, int) for v in value):
+        return (int(value[-2]), int(value[-1]))
+    return None
+
+
+def _recorded_input_hw(model_kwargs: dict[str, Any], args: Any) -> tuple[int, int] | None:
+    """The input size a file says it was trained at: our `model_kwargs["img_size"]`, or the
+    official training script's `args.input_size` ([C, H, W]) / `args.img_size`."""
+    for value in (model_kwargs.get("img_size"), getattr(args, "input_size", None), getattr(args, "img_size", None)):
+        hw = _as_hw(value)
+        if hw:
+            return hw
+    return None
 
 
 def filter_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -116,3 +116,21 @@ def create_model_from_checkpoint(
     info.arch = name
     info.num_classes = classes
     return model, info
+
+
+def trained_input_hw(info: CheckpointInfo) -> tuple[tuple[int, int] | None, str]:
+    """(H, W) a checkpoint should be evaluated at, and where that came from.
+
+    FAN's weights do not depend on the input size (Fourier positional encoding,
+    convolutional stems), so a 384-px fine-tune loads into the 224-px architecture
+    without complaint, and would silently be scored at 224. The file's own record wins;
+    an official file that records nothing is matched to its model card by name.
+    """
+    if info.input_hw:
+        return info.input_hw, "the checkpoint"
+    from stl_bench.fan.cards import card_for_file
+
+    card = card_for_file(info.path)
+    if card and card["arch"] == info.arch:
+        return (int(card["input_size"][-2]), int(card["input_size"][-1])), f"model card {card['name']}"
+    return None, ""
