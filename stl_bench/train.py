@@ -393,7 +393,8 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
         interpolation=cfg.train_interpolation, reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount,
         mean=mean, std=std,
     )
-    train_ds = ImageDataset(train_index.samples, TrainViews(aug, clean=objective.needs_clean_view))
+    views = TrainViews(aug, clean=objective.needs_clean_view, warp_grid=objective.warp_grid)
+    train_ds = ImageDataset(train_index.samples, views)
     sampler = ResumableSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
     loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=d.device.type == "cuda")
     if cfg.workers > 0:
@@ -556,7 +557,9 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
                 clean = batch.clean[:n].to(d.device, non_blocking=True) if batch.clean is not None else None
                 if clean is not None and cfg.channels_last:
                     clean = clean.contiguous(memory_format=torch.channels_last)
-                inputs = StepInputs(x, t, clean, batch.boxes[:n].to(d.device), batch.flips[:n].to(d.device), batch.indices[:n])
+                warps = batch.warps[:n].to(d.device) if batch.warps is not None else None
+                inputs = StepInputs(x, t, clean, batch.boxes[:n].to(d.device), batch.flips[:n].to(d.device),
+                                    batch.indices[:n], warps)
                 sync = micro == cfg.grad_accum_steps - 1 or d.world == 1
                 with (contextlib.nullcontext() if sync else ddp.no_sync()), amp_ctx():
                     loss, parts = objective(ddp, inputs)

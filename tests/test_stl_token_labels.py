@@ -98,3 +98,24 @@ def test_offline_source_gives_token_targets_on_the_student_grid(tmp_path: Path) 
     assert torch.allclose(labels, probs, atol=2e-3)
     source.grid = (8, 8)  # a finer student grid: resampled, still distributions
     assert torch.allclose(source(batch).sum(-1), torch.ones(2, 64), atol=1e-5)
+
+
+def test_offline_tokens_in_fill_take_the_image_label(tmp_path: Path) -> None:
+    """A warp marks where a rotation left fill: those tokens get the image target."""
+    from stl_bench.data.transforms import token_warp
+    from stl_bench.stl.objectives import OfflineLabels, StepInputs
+
+    out, probs = _write(tmp_path, n=2, classes=5, grid=(4, 4), k=5)
+    store = TokenLabelStore(out)
+    store.bind(tmp_path / "d", [(tmp_path / f"d/c{i % 2}/img{i}.png", 0) for i in range(2)], [f"k{i}" for i in range(5)])
+    source = OfflineLabels(store, (4, 4), mode="softmax", smoothing=0.0)
+    assert source.warp_grid == (4, 4)
+    warps = torch.stack([token_warp(None, (4, 4), (32, 32))] * 2)
+    warps[0, 0, :, 2] = 0.0  # the first image's top row of tokens lies in fill
+    targets = torch.nn.functional.one_hot(torch.tensor([3, 1]), 5).float()
+    batch = StepInputs(images=torch.zeros(2, 3, 32, 32), targets=targets, boxes=torch.tensor([[0.0, 0, 1, 1]] * 2),
+                       flips=torch.tensor([False, False]), indices=torch.tensor([0, 1]), warps=warps)
+    labels = source(batch)
+    assert torch.equal(labels[0, :4], targets[0].expand(4, 5))
+    assert torch.allclose(labels[0, 4:], probs[0, 4:], atol=2e-3)  # an identity warp changes nothing else
+    assert torch.allclose(labels[1], probs[1], atol=2e-3)

@@ -188,3 +188,11 @@ def crop_label_maps(
     out = roi_align(maps, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
     flips = flips.to(device=maps.device, dtype=torch.bool)
     return torch.where(flips[:, None, None, None], out.flip(-1), out)
+
+
+def warp_label_maps(maps: torch.Tensor, warps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move label maps [B, C, h, w] the way the student's geometric RandAugment ops moved
+    its pixels; `warps` [B, h, w, 3] from `token_warp`. Returns the maps and `inside` [B, h, w]."""
+    grid = warps[..., :2].to(maps.dtype)
+    moved = torch.nn.functional.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return moved, warps[..., 2] > 0.5

@@ -10,7 +10,11 @@ operation that moves pixels is replayed on the clean view by restoring Python's 
 state before it, so it draws the same magnitude, sign and interpolation.
 
 The crop box (normalised x1, y1, x2, y2) and flip also travel with every sample, which
-is what offline token labels need to cut the student's region out of a label map.
+is what offline token labels need to cut the student's region out of a label map. For
+offline labels the geometric RandAugment operations are recorded too: they are replayed
+on a coordinate image (red = x, green = y, blue = inside), read at the centre of every
+student token, which gives, per token, where in the cropped and flipped view its pixels
+came from and whether they came from the image at all (a rotation's corners are fill).
 """
 from __future__ import annotations
 
@@ -52,16 +56,20 @@ class AugmentConfig:
 
 
 class TrainViews:
-    """PIL image -> dict(image=student tensor, box=[4], flip=scalar[, clean=tensor]).
+    """PIL image -> dict(image=student tensor, box=[4], flip=scalar[, clean=tensor][, warp=tensor]).
 
-    `clean=True` adds the labeler's clean view. Without it the output is the ordinary
-    timm training augmentation plus the recorded box and flip (cheap to carry, and what
-    offline token labels crop with).
+    `clean=True` adds the labeler's clean view. `warp_grid=(gh, gw)` (the student's token
+    grid) adds `warp` [gh, gw, 3]: per token, the (x, y) it samples in the crop before
+    RandAugment, in `grid_sample`'s [-1, 1] units, and 1.0 where that point lies inside
+    the image (0.0 in fill). Without either the output is the ordinary timm training
+    augmentation plus the recorded box and flip (cheap to carry, and what offline token
+    labels crop with).
     """
 
-    def __init__(self, cfg: AugmentConfig, clean: bool = False) -> None:
+    def __init__(self, cfg: AugmentConfig, clean: bool = False, warp_grid: tuple[int, int] | None = None) -> None:
         self.cfg = cfg
         self.clean = clean
+        self.warp_grid = tuple(warp_grid) if warp_grid else None
         self.crop = RandomResizedCropAndInterpolation(
             cfg.img_size, scale=cfg.scale, ratio=cfg.ratio, interpolation=cfg.interpolation
         )
@@ -98,31 +106,88 @@ class TrainViews:
         box = [left / width, top / height, (left + w) / width, (top + h) / height]
         return student, clean, box, flip
 
-    def _randaugment(self, student: Image.Image, clean: Image.Image | None) -> tuple[Image.Image, Image.Image | None]:
+    def _randaugment(self, student: Image.Image, followers: list[Image.Image | None]) -> tuple[Image.Image, list]:
+        """RandAugment on the student; its geometric ops replayed on each follower view."""
         ra = self.randaug
         # The op choice of timm's RandAugment.__call__, so single-view output is identical.
         ops = np.random.choice(ra.ops, ra.num_layers, replace=ra.choice_weights is None, p=ra.choice_weights)
         for op in ops:
             state = random.getstate()
             student = op(student)
-            if clean is not None and op.name in GEOMETRIC_OPS:
+            if op.name in GEOMETRIC_OPS and any(f is not None for f in followers):
                 after = random.getstate()
-                random.setstate(state)  # replay: same apply/skip draw, magnitude, sign, resample
-                clean = op(clean)
+                for i, view in enumerate(followers):
+                    if view is not None:
+                        random.setstate(state)  # replay: same apply/skip draw, magnitude, sign, resample
+                        followers[i] = op(view)
                 random.setstate(after)
-        return student, clean
+        return student, followers
 
     def __call__(self, img: Image.Image) -> dict[str, torch.Tensor]:
         student, clean, box, flip = self._crop_flip(img)
+        coords = coordinate_image(student.size) if self.warp_grid and self.randaug is not None else None
         if self.randaug is not None:
-            student, clean = self._randaugment(student, clean)
+            student, (clean, coords) = self._randaugment(student, [clean, coords])
         x = self.to_tensor(student)
         if self.erase is not None:
             x = self.erase(x)
         out = {"image": x, "box": torch.tensor(box, dtype=torch.float32), "flip": torch.tensor(flip)}
         if clean is not None:
             out["clean"] = self.to_tensor(clean)
+        if self.warp_grid:
+            out["warp"] = token_warp(coords, self.warp_grid, student.size)
         return out
+
+
+def coordinate_image(size: tuple[int, int]) -> Image.Image:
+    """An RGB image whose red is x and green is y (0..255 across it) and blue is 255."""
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32).round().astype(np.uint8)
+    y = np.linspace(0, 255, h, dtype=np.float32).round().astype(np.uint8)
+    rgb = np.empty((h, w, 3), dtype=np.uint8)
+    rgb[..., 0] = x[None, :]
+    rgb[..., 1] = y[:, None]
+    rgb[..., 2] = 255
+    return Image.fromarray(rgb, mode="RGB")
+
+
+def token_warp(coords: Image.Image | None, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """[gh, gw, 3]: (x, y) in grid_sample units and inside-ness, read at each token's centre.
+
+    `coords` is `coordinate_image` after the geometric ops (None: no op moved pixels, the
+    identity). It is read bilinearly at the exact centres (the coordinates are linear,
+    so the reading is exact away from fill). Fill is the image mean, far below blue's
+    255, so a token counts as inside when blue is above 200.
+    """
+    gh, gw = grid
+    w, h = size
+    # Token centres in pixel-index coordinates (pixel i's centre is at i).
+    tx = (np.arange(gw) + 0.5) * w / gw - 0.5
+    ty = (np.arange(gh) + 0.5) * h / gh - 0.5
+    px, py = np.meshgrid(tx, ty)
+    inside = np.ones((gh, gw))
+    if coords is not None:
+        rgb = _bilinear(np.asarray(coords, dtype=np.float64), px, py)  # gh, gw, 3
+        px = rgb[..., 0] / 255.0 * (w - 1)
+        py = rgb[..., 1] / 255.0 * (h - 1)
+        inside = (rgb[..., 2] > 200).astype(np.float64)
+    # Pixel-index coordinates to grid_sample's align_corners=False units.
+    gx = 2.0 * (px + 0.5) / w - 1.0
+    gy = 2.0 * (py + 0.5) / h - 1.0
+    return torch.from_numpy(np.stack([gx, gy, inside], axis=-1).astype(np.float32))
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    x = x.clip(0, w - 1)
+    y = y.clip(0, h - 1)
+    x0 = np.floor(x).astype(np.int64).clip(0, max(w - 2, 0))
+    y0 = np.floor(y).astype(np.int64).clip(0, max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def eval_transform(
@@ -162,6 +227,7 @@ class ViewBatch:
     flips: torch.Tensor
     clean: torch.Tensor | None
     bad_indices: list[int]
+    warps: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -187,4 +253,5 @@ def collate_views(samples: Sequence[Any]) -> ViewBatch:
         flips=torch.stack([v["flip"] for v in views]),
         clean=torch.stack([v["clean"] for v in views]) if "clean" in views[0] else None,
         bad_indices=bad,
+        warps=torch.stack([v["warp"] for v in views]) if "warp" in views[0] else None,
     )

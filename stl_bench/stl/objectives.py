@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy
 
-from stl_bench.data.token_labels import TokenLabelStore, crop_label_maps
+from stl_bench.data.token_labels import TokenLabelStore, crop_label_maps, warp_label_maps
 from stl_bench.errors import StlBenchError
 from stl_bench.stl.gumbel import LabelMode, token_labels
 
@@ -45,7 +45,9 @@ class StepInputs:
 
     `targets` are soft [B, C] (mixed and smoothed); `clean` is the unmixed clean view for
     an online labeler; `boxes` (normalised x1, y1, x2, y2) and `flips` describe the
-    student's crop for offline labels; `indices` are dataset sample indices.
+    student's crop for offline labels, and `warps` [B, gh, gw, 3] where its geometric
+    RandAugment ops moved each token (see `stl_bench.data.transforms.token_warp`);
+    `indices` are dataset sample indices.
     """
 
     images: torch.Tensor
@@ -54,6 +56,7 @@ class StepInputs:
     boxes: torch.Tensor | None = None
     flips: torch.Tensor | None = None
     indices: torch.Tensor | None = None
+    warps: torch.Tensor | None = None
 
 
 _soft_ce = SoftTargetCrossEntropy()
@@ -74,10 +77,12 @@ def _pair(out: object, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Objective(Protocol):
-    """A stage's loss. `needs_clean_view` asks the data pipeline for the paired view."""
+    """A stage's loss. `needs_clean_view` asks the data pipeline for the paired view,
+    `warp_grid` (a token grid, or None) for the per-token record of geometric augmentation."""
 
     name: str
     needs_clean_view: bool
+    warp_grid: tuple[int, int] | None
 
     def __call__(self, model: nn.Module, batch: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
@@ -87,6 +92,7 @@ class BaselineObjective:
 
     name = "baseline"
     needs_clean_view = False
+    warp_grid = None
 
     def __call__(self, model: nn.Module, batch: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(batch.images)
@@ -100,6 +106,7 @@ class LabelerObjective:
 
     name = "labeler"
     needs_clean_view = False
+    warp_grid = None
 
     def __init__(self, cls_weight: float = 1.0, dense_weight: float = 1.0) -> None:
         self.cls_weight = cls_weight
@@ -117,6 +124,7 @@ class LabelSource(Protocol):
     """Per-token soft targets [B, N, C] for a step."""
 
     needs_clean_view: bool
+    warp_grid: tuple[int, int] | None
 
     def __call__(self, batch: StepInputs) -> torch.Tensor: ...
 
@@ -128,6 +136,7 @@ class OnlineTeacher:
     """
 
     needs_clean_view = True
+    warp_grid = None
 
     def __init__(self, teacher: nn.Module, mode: LabelMode = "gumbel", tau: float = 1.0, smoothing: float = 0.1) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
@@ -164,13 +173,26 @@ class OfflineLabels:
         self.grid = tuple(student_grid)
         self.mode, self.tau, self.smoothing = mode, tau, smoothing
 
+    @property
+    def warp_grid(self) -> tuple[int, int]:
+        return self.grid
+
     @torch.no_grad()
     def __call__(self, batch: StepInputs) -> torch.Tensor:
         maps = self.store.dense(batch.indices, device=batch.images.device)
         crops = crop_label_maps(maps, batch.boxes, batch.flips, self.grid)
+        inside = None
+        if batch.warps is not None:
+            crops, inside = warp_label_maps(crops, batch.warps.to(crops.device))
         probs = crops.flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, N, C], row-major like the tokens
         probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-        return token_labels(probs.clamp_min(1e-30).log(), self.mode, self.tau, self.smoothing)
+        labels = token_labels(probs.clamp_min(1e-30).log(), self.mode, self.tau, self.smoothing)
+        if inside is not None:
+            # A token a rotation or shear filled shows no part of the image: it is taught
+            # the image's own (mixed, smoothed) label instead of a label drawn from nothing.
+            keep = inside.flatten(1)[..., None].to(labels.dtype)
+            labels = keep * labels + (1 - keep) * batch.targets[:, None, :].to(labels.dtype)
+        return labels
 
 
 class StudentObjective:
@@ -183,6 +205,7 @@ class StudentObjective:
         self.cls_weight = cls_weight
         self.dense_weight = dense_weight
         self.needs_clean_view = labels.needs_clean_view
+        self.warp_grid = labels.warp_grid
 
     def __call__(self, model: nn.Module, batch: StepInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cls_logits, token_logits = _pair(model(batch.images), self.name)
