@@ -91,9 +91,9 @@ def plot(runs: pd.DataFrame, path: Path) -> None:
 
     numeric = runs[["model", *METRICS]].astype({c: float for c in METRICS})
     stats = numeric.groupby("model", sort=False).agg(["mean", "std"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, col, label in ((axes[0], "clean top-1", "clean top-1 (%)"),
-                           (axes[1], "mCE pooled", "mCE, pooled normaliser (lower is better)")):
+                           (axes[1], "mCE pooled", "mCE, pooled normaliser (lower better)")):
         means, stds = stats[col]["mean"], stats[col]["std"].fillna(0.0)
         ax.bar(range(len(means)), means, yerr=stds, capsize=4, color=["#888", "#4a7", "#48c", "#c64"][: len(means)])
         ax.set_xticks(range(len(means)), means.index, rotation=20)
