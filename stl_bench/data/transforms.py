@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -139,8 +140,13 @@ class TrainViews:
         return out
 
 
+@lru_cache(maxsize=8)
 def coordinate_image(size: tuple[int, int]) -> Image.Image:
-    """An RGB image whose red is x and green is y (0..255 across it) and blue is 255."""
+    """An RGB image whose red is x and green is y (0..255 across it) and blue is 255.
+
+    The same for every sample of a size, so it is made once: RandAugment's ops return
+    new images and never write into this one.
+    """
     w, h = size
     x = np.linspace(0, 255, w, dtype=np.float32).round().astype(np.uint8)
     y = np.linspace(0, 255, h, dtype=np.float32).round().astype(np.uint8)
