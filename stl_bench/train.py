@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from stl_bench import __version__
+from stl_bench.data.batch_augment import BatchAugment, BatchRecipe
 from stl_bench.data.folders import FolderIndex, ImageDataset, collate_skip_bad, scan_image_folder
 from stl_bench.data.transforms import AugmentConfig, TrainViews, ViewBatch, collate_views, eval_transform
 from stl_bench.errors import StlBenchError
@@ -199,6 +200,15 @@ def build_objective(
 
 
 # --- checkpoints -----------------------------------------------------------------------
+def batch_recipe(cfg: TrainConfig, num_classes: int) -> BatchRecipe:
+    """The mixing and (after-mix) erasing settings of a run."""
+    return BatchRecipe(
+        num_classes=num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
+        mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob, mixup_mode=cfg.mixup_mode,
+        reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount, erase_after_mix=cfg.erase_after_mix,
+    )
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG as tensors and lists (weights_only-loadable)."""
     np_state = np.random.get_state()
@@ -390,7 +400,8 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
     objective = build_objective(cfg, model, train_index, img_size, d.device)
     aug = AugmentConfig(
         img_size=img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.aa,
-        interpolation=cfg.train_interpolation, reprob=cfg.reprob, remode=cfg.remode, recount=cfg.recount,
+        interpolation=cfg.train_interpolation, reprob=0.0 if cfg.erase_after_mix else cfg.reprob,
+        remode=cfg.remode, recount=cfg.recount,
         mean=mean, std=std,
     )
     views = TrainViews(aug, clean=objective.needs_clean_view, warp_grid=objective.warp_grid)
@@ -419,8 +430,6 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
                                 collate_fn=collate_skip_bad, num_workers=min(cfg.workers, 2), pin_memory=loader_kw["pin_memory"])
 
     # optimizer, schedule, EMA, AMP (timm's pieces)
-    from timm.data import Mixup
-    from timm.data.mixup import mixup_target
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -445,11 +454,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
     def amp_ctx():
         return torch.autocast(d.device.type, dtype=amp_dtype, enabled=use_amp)
     scaler = torch.amp.GradScaler(d.device.type, enabled=use_amp and amp_dtype == torch.float16)
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                      switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
-                      num_classes=num_classes)
+    batch_augment = BatchAugment(batch_recipe(cfg, num_classes), d.device)
 
     # resume
     start_epoch, step = 0, 0
@@ -539,7 +544,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
                 bad += len(batch.bad_indices)
                 bad_files += [str(train_index.samples[i][0]) for i in batch.bad_indices[:5]]
                 n = len(batch)
-                if mixup is not None and n % 2:
+                if batch_augment.pairs_images and n % 2:
                     n -= 1  # batch mixing pairs images: drop one when a bad file left the count odd
                 if d.world > 1:
                     # every rank must take part in the backward all-reduce: skip together or not at all
@@ -550,10 +555,7 @@ def _train(cfg: TrainConfig, d: Dist, out: Path, resume: Path | None) -> dict[st
                 y = batch.targets[:n].to(d.device, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if mixup is not None:
-                    x, t = mixup(x, y)  # the student's view and class target only
-                else:
-                    t = mixup_target(y, num_classes, smoothing=cfg.smoothing)
+                x, t = batch_augment(x, y)  # the student's view and class target only
                 clean = batch.clean[:n].to(d.device, non_blocking=True) if batch.clean is not None else None
                 if clean is not None and cfg.channels_last:
                     clean = clean.contiguous(memory_format=torch.channels_last)

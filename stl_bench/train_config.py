@@ -41,11 +41,13 @@ class TrainConfig:
     token_labels: str | None = None
     """stage 2 offline: a folder written by `stl-bench label` (no teacher forward during training)"""
     label_mode: str = "gumbel"
-    """token labels from the labeler: 'gumbel' (hard Gumbel-Softmax sample), 'softmax' or 'argmax'"""
+    """token labels from the labeler: 'gumbel' (hard Gumbel-Softmax sample), 'argmax' (one-hot), 'softmax'
+    (the plain softmax, unsmoothed, as the official --softmax-token-label) or 'tempered' (softmax of
+    logits / --gumbel-tau, smoothed)"""
     gumbel_tau: float = 1.0
-    """Gumbel-Softmax temperature (also divides logits in 'softmax' mode)"""
+    """Gumbel-Softmax temperature (also divides logits in 'tempered' mode)"""
     token_smoothing: float = 0.1
-    """label smoothing applied to the token labels"""
+    """label smoothing applied to the token labels (not in 'softmax' mode)"""
     cls_weight: float = 1.0
     """weight of the class-head loss"""
     dense_weight: float = 1.0
@@ -94,6 +96,9 @@ class TrainConfig:
     """resize interpolation for training crops ('random' = bilinear or bicubic)"""
     reprob: float = 0.3
     """random erasing probability (student view only)"""
+    erase_after_mix: bool = True
+    """erase on the mixed batch, after mixup/cutmix (the official order); --no-erase-after-mix erases each
+    image before mixing"""
     remode: str = "pixel"
     """random erasing fill mode"""
     recount: int = 1
@@ -190,6 +195,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        values = dict(values)
+        # runs saved before the option existed erased each image before mixing: keep that on resume
+        values.setdefault("erase_after_mix", False)
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known})
 
 
@@ -220,6 +228,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         warmup_epochs=1, batch_size=64, lr=2e-3, weight_decay=0.05, drop_path=0.0, scale=(0.5, 1.0), hflip=0.0,
         aa="rand-m5-mstd0.5-inc1", reprob=0.1, mixup=0.2, cutmix=0.0, smoothing=0.1, model_ema=True,
         model_ema_decay=0.999, model_ema_warmup=True, amp="off", workers=1, crop_pct=1.0, log_every=10,
+        erase_after_mix=False,  # the order the demo's recorded numbers were trained with
     ),
 }
 

@@ -40,7 +40,10 @@ def test_fresh_sample_each_call() -> None:
 
 def test_softmax_and_argmax_modes() -> None:
     logits = torch.tensor([[[2.0, 0.0, -1.0]]])
-    assert torch.allclose(token_labels(logits, "softmax", smoothing=0), logits.softmax(-1))
+    # the official --softmax-token-label: plain softmax, whatever tau and smoothing say
+    assert torch.equal(token_labels(logits, "softmax", tau=2.0, smoothing=0.1), logits.softmax(-1))
+    tempered = token_labels(logits, "tempered", tau=2.0, smoothing=0.3)
+    assert torch.allclose(tempered, (logits / 2).softmax(-1) * 0.7 + 0.1)
     assert torch.equal(token_labels(logits, "argmax", smoothing=0), torch.tensor([[[1.0, 0.0, 0.0]]]))
     assert torch.allclose(token_labels(logits, "argmax", smoothing=0.3), torch.tensor([[[0.8, 0.1, 0.1]]]))
     with pytest.raises(ValueError, match="unknown token label mode"):
@@ -51,3 +54,12 @@ def test_labels_are_float32_without_grad_under_half_precision() -> None:
     logits = torch.randn(2, 4, 5, dtype=torch.bfloat16, requires_grad=True)
     out = token_labels(logits, "gumbel")
     assert out.dtype == torch.float32 and not out.requires_grad
+
+
+def test_matches_official_token_label_generation() -> None:
+    """The official `token_label_generation` formulas on 1000 classes (its hard-coded K)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 9, 1000)
+    assert torch.equal(token_labels(logits, "softmax"), torch.nn.functional.softmax(logits, dim=-1))
+    official_argmax = torch.nn.functional.one_hot(torch.argmax(logits.softmax(-1), dim=-1), 1000)
+    assert torch.allclose(token_labels(logits, "argmax", smoothing=0.1), 0.9 * official_argmax + 0.1 / 1000)

@@ -21,6 +21,9 @@ Written for current timm, with exactly the official state_dict keys and shapes
 * The channel attention averages keys with `mean(-1)` instead of
   `adaptive_avg_pool2d(..., (N, 1))`: the same numbers, and it exports to ONNX with a
   dynamic batch.
+* The hybrid stem's stage norms use the unbiased channel variance whatever the memory
+  format (`UnbiasedLayerNorm2d`), which is what the official stem computes on the
+  layout it was trained with; see that class for the timm 0.5.4 quirk behind it.
 """
 from __future__ import annotations
 
@@ -98,24 +101,51 @@ class ConvPatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), (hp, wp)
 
 
+class UnbiasedLayerNorm2d(LayerNorm2d):
+    """Channel LayerNorm with the unbiased (n - 1) variance, as the released hybrids were trained.
+
+    The official hybrid stem copies timm 0.5.4's `LayerNorm2d`, which calls
+    `F.layer_norm` (biased variance) only for a contiguous input and otherwise
+    `torch.var_mean` (unbiased). Its stem norm returns a channels-last-strided tensor,
+    convolutions keep that layout, so every later norm of the stem (block norms, the
+    stage-1 downsample norm) took the unbiased branch in training, on CPU and GPU alike
+    (fixed in timm the day after 0.5.4, upstream issue #1090). Here that variance is
+    computed whatever the input layout, so channels-last never changes a result.
+
+    With var_u = var_b * C / (C - 1), `(x - mu) / sqrt(var_u + eps)` equals
+    `sqrt((C - 1) / C) * (x - mu) / sqrt(var_b + eps * (C - 1) / C)`: one `F.layer_norm`
+    with a rescaled eps and weight, so the fast kernel and ONNX's LayerNormalization
+    op still apply (the exported graph carries the rescaled eps; tests read it).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        ratio = (c - 1) / c
+        x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC view: normalise over channels
+        x = F.layer_norm(x, self.normalized_shape, self.weight * math.sqrt(ratio), self.bias, self.eps * ratio)
+        return x.permute(0, 3, 1, 2)
+
+
 class ConvNeXtStem(nn.Module):
     """The first stages of a ConvNeXt (stride 4 stem, then stride-2 stages).
 
     Keys match the official hybrid backbone (`stem.0`, `stem.1`, `stages.N.*`); its
     layer scale starts at 1e-6 and it has no drop path, as in the official hybrids.
+    The stem norm is biased and every stage norm unbiased (`UnbiasedLayerNorm2d`), as
+    the official stem computes them on a contiguous NCHW input.
     """
 
     def __init__(self, in_chans: int = 3, depths: tuple[int, ...] = (3, 3),
                  dims: tuple[int, ...] = (128, 256, 512, 1024)) -> None:
         super().__init__()
-        norm = partial(LayerNorm2d, eps=1e-6)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), norm(dims[0]))
+        stage_norm = partial(UnbiasedLayerNorm2d, eps=1e-6)
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
         stages = []
         prev = dims[0]
         for i, depth in enumerate(depths):
             stages.append(ConvNeXtStage(
                 prev, dims[i], stride=2 if i > 0 else 1, depth=depth, ls_init_value=1e-6,
-                conv_mlp=True, norm_layer=norm))
+                conv_mlp=True, norm_layer=stage_norm))
             prev = dims[i]
         self.stages = nn.Sequential(*stages)
         self.num_features = prev
