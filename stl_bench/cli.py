@@ -17,7 +17,7 @@ from types import ModuleType
 from stl_bench import __version__
 from stl_bench.errors import StlBenchError
 
-_ORDER = ["demo", "models", "train", "label", "eval", "leaderboard", "corrupt", "export", "bench", "app"]
+_ORDER = ["demo", "models", "train", "label", "eval", "leaderboard", "corrupt", "export", "bench", "serve", "app"]
 
 
 def _command_modules() -> list[ModuleType]:

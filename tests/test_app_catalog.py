@@ -9,7 +9,8 @@ import torch
 
 import stl_bench  # noqa: F401  (registers the FAN models in timm)
 from stl_bench.deploy.runner import RunnerInfo
-from stl_bench.ui.catalog import build_catalog, class_names_for, find_demo_checkpoints
+from stl_bench.deploy.class_names import class_names_for
+from stl_bench.ui.catalog import build_catalog, find_demo_checkpoints
 
 NANO = "fan_nano_4_p4_32_token"
 

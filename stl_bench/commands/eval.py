@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="checkpoint (.pth/.pth.tar/.safetensors), .onnx file or TensorRT engine")
+    p.add_argument("source", nargs="?", help="checkpoint (.pth/.pth.tar/.safetensors), .onnx file, TensorRT engine, "
+                   "or the URL of a `stl-bench serve` endpoint (http://127.0.0.1:8000: scored as served)")
     p.add_argument("--model", help="timm / FAN model name (architecture for a bare state dict; alone: random weights)")
     p.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
                    help="token models: fused = class logits + 0.5 x per-class max over tokens (STL's numbers)")
@@ -147,14 +148,18 @@ def run(args: argparse.Namespace) -> int:
                                     channels_last=args.channels_last, img_size=args.img_size)
     info = runner.info
     prep = Preprocessing.from_data_config(info.data_config)
-    if args.source:
+    served = bool(args.source) and args.source.lower().startswith(("http://", "https://"))
+    if served:
+        checkpoint = (info.extra.get("checkpoint_sha256") or "served")[:16]
+    elif args.source:
         checkpoint = file_sha256(args.source)[:16]
     else:
         checkpoint = "random-init"
     setup = EvalSetup(model=info.name, checkpoint=checkpoint, head=info.head, weights=info.weights or "",
                       preprocessing=prep.describe())
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name)
-    run_dir = Path(args.out or Path("eval_runs") / f"{safe}-{checkpoint[:12]}-{info.head}")
+    # a served model's cells never mix with an in-process run of the same checkpoint
+    run_dir = Path(args.out or Path("eval_runs") / f"{safe}-{checkpoint[:12]}-{info.head}{'-served' if served else ''}")
     loop = LoopConfig(
         batch_size=args.batch_size or (256 if device.type == "cuda" else 64),
         workers=args.workers if args.workers is not None else min(8, os.cpu_count() or 1),

@@ -1,4 +1,5 @@
-"""`stl-bench export`: a checkpoint to a checked ONNX file, or an ONNX file to a TensorRT engine."""
+"""`stl-bench export`: a checkpoint to a checked ONNX file, or an ONNX file to a TensorRT engine (and either
+to a Triton model repository)."""
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,13 @@ DESCRIPTION = (
     "metadata, and a parity check against PyTorch that must pass before the file is written. With an "
     "--output ending in .engine/.plan/.trt, build a TensorRT engine (from the checkpoint via ONNX, or from "
     "an exported .onnx file); --fp16 makes the graph (and so the engine) half precision with LayerNorm, "
-    "softmax and reductions kept in FP32."
+    "softmax and reductions kept in FP32. --triton-repo DIR also writes a Triton Inference Server model "
+    "repository for the exported file (or, given an exported .onnx/engine and no --output, only that)."
 )
 from stl_bench.deploy.runner import ENGINE_SUFFIXES  # noqa: E402  (light: torch only)
 log = logging.getLogger(__name__)
+TRITON_DEFAULTS = {"name": None, "max_batch": 64, "instances": 1, "kind": "auto", "queue_delay_us": 2000,
+                   "overwrite": False}
 
 
 def _int_list(text: str) -> list[int]:
@@ -32,7 +36,8 @@ def _int_list(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
                         "exported .onnx file; omit with --model for random weights (smoke tests)")
-    parser.add_argument("--output", "-o", required=True, type=Path, help="FILE.onnx, or FILE.engine for TensorRT")
+    parser.add_argument("--output", "-o", type=Path, help="FILE.onnx, or FILE.engine for TensorRT (required, except "
+                        "for `stl-bench export EXPORTED.onnx --triton-repo DIR`)")
     parser.add_argument("--model", help="architecture, if the checkpoint does not record it")
     parser.add_argument("--num-classes", type=int, help="class count, if the checkpoint does not record it")
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
@@ -61,6 +66,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--workspace-gib", type=float, default=4.0, help="builder scratch memory limit")
     trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated across builds "
                      "(default: timing.cache beside the engine)")
+    triton = parser.add_argument_group(
+        "Triton Inference Server model repository (--triton-repo DIR)",
+        "Write DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (model.plan for an engine), inputs and outputs "
+        "read from the exported graph; serve it with `tritonserver --model-repository DIR`.")
+    triton.add_argument("--triton-repo", type=Path, metavar="DIR",
+                        help="write a Triton model repository for the exported file; with an exported .onnx or "
+                             "engine as the source and no --output, write only the repository")
+    triton.add_argument("--triton-name", metavar="NAME",
+                        help="model name and folder in the repository (default: the architecture)")
+    triton.add_argument("--triton-max-batch", type=int, default=TRITON_DEFAULTS["max_batch"], metavar="N",
+                        help="max_batch_size: the largest batch Triton's dynamic batcher forms (for an engine, "
+                             "at most its --max-batch)")
+    triton.add_argument("--triton-instances", type=int, default=TRITON_DEFAULTS["instances"], metavar="N",
+                        help="model instances per device (instance_group count): batches run in parallel")
+    triton.add_argument("--triton-kind", choices=("auto", "cpu", "gpu"), default=TRITON_DEFAULTS["kind"],
+                        help="where instances run: auto = GPU for an engine, CPU for ONNX")
+    triton.add_argument("--triton-queue-delay-us", type=int, default=TRITON_DEFAULTS["queue_delay_us"], metavar="N",
+                        help="how long the batcher waits to fill a batch (max_queue_delay_microseconds): latency "
+                             "traded for throughput; 0 sends what has arrived at once")
+    triton.add_argument("--triton-overwrite", action="store_true",
+                        help="replace the files of an existing DIR/NAME (other version folders are kept)")
 
 
 def _load_model(args: argparse.Namespace):
@@ -123,9 +149,78 @@ def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
     return output
 
 
+def _check_triton_args(args: argparse.Namespace) -> None:
+    """Refuse bad --triton-* values (and a missing tritonclient) before minutes of export work."""
+    from stl_bench.errors import StlBenchError
+
+    if args.triton_repo is None:
+        stray = [f"--triton-{key.replace('_', '-')}" for key, default in TRITON_DEFAULTS.items()
+                 if getattr(args, f"triton_{key}") != default]
+        if stray:
+            raise StlBenchError(f"{', '.join(stray)} only apply with --triton-repo DIR; add it or drop them")
+        return
+    from stl_bench.serve.triton_repo import check_repo_folder, check_target, default_name, import_model_config
+
+    bad = [f"--triton-{flag} {value} (use 1 or more)" for flag, value in
+           (("max-batch", args.triton_max_batch), ("instances", args.triton_instances)) if value < 1]
+    if args.triton_queue_delay_us < 0:
+        bad.append(f"--triton-queue-delay-us {args.triton_queue_delay_us} (use 0 or more)")
+    engine = args.output is not None and args.output.suffix.lower() in ENGINE_SUFFIXES
+    if engine and args.triton_max_batch > args.max_batch:
+        bad.append(f"--triton-max-batch {args.triton_max_batch} above the engine's --max-batch {args.max_batch}")
+    if engine and args.triton_kind == "cpu":
+        bad.append("--triton-kind cpu for a TensorRT engine (engines run on a GPU; use gpu or auto)")
+    if bad:
+        raise StlBenchError("bad Triton settings: " + "; ".join(bad))
+    import_model_config()
+    check_repo_folder(args.triton_repo)
+    name = args.triton_name
+    if not name and args.source and Path(args.source).suffix.lower() == ".onnx":
+        from stl_bench.deploy.export_onnx import read_metadata
+
+        name = default_name(read_metadata(Path(args.source)).arch)
+    elif not name and args.model and not args.source:
+        name = default_name(args.model)  # random weights: the architecture is the name
+    if name:
+        check_target(args.triton_repo, name, args.triton_overwrite)
+
+
+def _write_triton(args: argparse.Namespace, model_file: Path) -> None:
+    """Write and check the Triton repository for `model_file`, and say how to serve it."""
+    import shlex
+
+    from stl_bench.serve.triton_repo import import_model_config, validate_triton_repo, write_triton_repo
+
+    model_dir = write_triton_repo(
+        model_file, args.triton_repo, args.triton_name, max_batch_size=args.triton_max_batch,
+        max_queue_delay_us=args.triton_queue_delay_us, instances=args.triton_instances, kind=args.triton_kind,
+        overwrite=args.triton_overwrite,
+    )
+    config = validate_triton_repo(model_dir)
+    kind = import_model_config()[0].ModelInstanceGroup.Kind.Name(config.instance_group[0].kind)
+    print(f"wrote Triton model '{config.name}' ({config.platform}, {kind}, max batch {config.max_batch_size}) "
+          f"to {model_dir}")
+    print(f"serve it with: tritonserver --model-repository {shlex.quote(str(args.triton_repo.absolute()))}")
+
+
+def _triton_only(args: argparse.Namespace) -> int:
+    """`stl-bench export EXPORTED.onnx|ENGINE --triton-repo DIR`: a repository without re-exporting."""
+    from stl_bench.errors import StlBenchError
+
+    exported = args.source and Path(args.source).suffix.lower() in (".onnx", *ENGINE_SUFFIXES)
+    if args.triton_repo is None or not exported:
+        raise StlBenchError("--output FILE.onnx (or FILE.engine) is required; only "
+                            "`stl-bench export EXPORTED.onnx --triton-repo DIR` goes without it")
+    _write_triton(args, Path(args.source))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from stl_bench.errors import StlBenchError
 
+    _check_triton_args(args)
+    if args.output is None:
+        return _triton_only(args)
     output: Path = args.output
     suffix = output.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
@@ -141,10 +236,13 @@ def run(args: argparse.Namespace) -> int:
                                timing_cache=args.timing_cache or output.with_name("timing.cache"))
         print(f"wrote {output} (TensorRT {sidecar.platform.tensorrt_version}, {sidecar.platform.gpu_name}, "
               f"batch {profile.min}..{profile.max}) and {output.name}.json")
-        return 0
-    if suffix != ".onnx":
+    elif suffix != ".onnx":
         raise StlBenchError(f"--output {output} must end in .onnx or one of {', '.join(ENGINE_SUFFIXES)}")
-    if args.source and Path(args.source).suffix.lower() == ".onnx":
-        raise StlBenchError(f"{args.source} is already ONNX; export from the checkpoint, or pass --output FILE.engine")
-    export_checked_onnx(args, output)
+    elif args.source and Path(args.source).suffix.lower() == ".onnx":
+        raise StlBenchError(f"{args.source} is already ONNX; export from the checkpoint, pass --output FILE.engine, "
+                            "or drop --output to write only a Triton repository (--triton-repo DIR)")
+    else:
+        export_checked_onnx(args, output)
+    if args.triton_repo is not None:
+        _write_triton(args, output)
     return 0

@@ -12,12 +12,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import BinaryIO, Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from stl_bench.data.decode import to_rgb
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,12 @@ def scan_image_folder(
     return FolderIndex(root=root, classes=list(classes), samples=samples)
 
 
-def load_rgb(path: Path | str) -> Image.Image:
-    """Open an image as RGB (grayscale, RGBA, palette and CMYK files are converted)."""
+def load_rgb(path: Path | str | BinaryIO) -> Image.Image:
+    """Open an image (a path or an open binary file) as RGB (grayscale, RGBA, palette and
+    CMYK files are converted). The server decodes request bodies with this too, so a
+    served image reaches the model as the same pixels an evaluation folder gives it."""
     with Image.open(path) as img:
-        img.load()  # reads the whole file now, so truncation raises here and not later
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 class Sample(NamedTuple):

@@ -133,8 +133,8 @@ def open_runner(
 ) -> Runner:
     """Open whatever a user points at as a `Runner`.
 
-    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file
-    or a TensorRT engine; with no source, `model_name` builds a randomly initialised
+    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file,
+    a TensorRT engine or the URL of a `stl-bench serve` endpoint; with no source, `model_name` builds a randomly initialised
     model (for benchmarks and smoke tests; a warning says so). A checkpoint's input size
     is `img_size` if given, else what the file or its model card records (a 384-px
     fine-tune is scored at 384), else the architecture's default. Exported files carry
@@ -149,6 +149,10 @@ def open_runner(
     from stl_bench.fan.factory import create_model, create_model_from_checkpoint, trained_input_hw
 
     if source is not None:
+        if str(source).lower().startswith(("http://", "https://")):
+            from stl_bench.serve.http_runner import HttpRunner
+
+            return HttpRunner.open(str(source), head=head)
         path = Path(source)
         suffix = path.suffix.lower()
         if suffix == ".onnx":

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
-from stl_bench.deploy.runner import Runner, RunnerInfo, open_runner
+from stl_bench.deploy.class_names import class_names_for
+from stl_bench.deploy.runner import Runner, open_runner
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -44,28 +45,6 @@ class ModelEntry:
             return f"{head}{self.source.name} (failed to open)"
         info = self.runner.info
         return f"{head}{info.name} · {info.backend} · {self.source.name}"
-
-
-def class_names_for(info: RunnerInfo) -> list[str]:
-    """Names from the checkpoint; ImageNet's descriptions for 1000 classes; else indices.
-
-    Names are made unique (ImageNet has two "crane"s and two "maillot"s) because the page
-    keys its legend colours and top-5 bars by name.
-    """
-    if info.class_names and len(info.class_names) == info.num_classes:
-        names = [str(n) for n in info.class_names]
-    elif info.num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        imagenet = ImageNetInfo()
-        # "goldfish, Carassius auratus" -> "goldfish": the first synonym fits a legend
-        names = [imagenet.index_to_description(i).split(",")[0] for i in range(1000)]
-    else:
-        names = [str(i) for i in range(info.num_classes)]
-    seen: dict[str, int] = {}
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-    return [f"{n} [{i}]" if seen[n] > 1 else n for i, n in enumerate(names)]
 
 
 def open_entry(key: str, source: Path, role: str | None, device: str = "cpu", head: str = "auto",

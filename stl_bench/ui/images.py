@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from stl_bench.data.decode import SUPPORTED, ImageLimits, open_checked
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 MAX_PIXELS = 40_000_000  # decoded pixels; the header is checked before any decoding
 MAX_ASPECT = 20.0  # beyond this the centre crop would show a sliver of the image
 WORK_SIDE = 2048  # larger images are downscaled first: no model here needs more
-SUPPORTED = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -92,25 +91,9 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, max_aspect: float
         raise StlBenchError(f"{name}: no such file")
     if path.stat().st_size == 0:
         raise StlBenchError(f"{name} is empty (0 bytes); upload a {SUPPORTED} image")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise StlBenchError(f"{name} is too large to decode safely (over {max_pixels:,} pixels)") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise StlBenchError(f"{name} is not an image file this app can read ({exc.__class__.__name__}); "
-                                f"upload a {SUPPORTED} image") from None
+    img = open_checked(path, name, ImageLimits(max_pixels=max_pixels, max_aspect=max_aspect))
     with img:
         w, h = img.size
-        if w < 1 or h < 1:
-            raise StlBenchError(f"{name} has no pixels ({w}x{h})")
-        if w * h > max_pixels:
-            raise StlBenchError(f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
-                                "downscale it first")
-        if max(w, h) / min(w, h) > max_aspect:
-            raise StlBenchError(f"{name} is {w}x{h}, an aspect ratio over {max_aspect:g}:1; the model's centre "
-                                "crop would show a sliver of it. Crop it closer to square first")
         notes: list[str] = []
         if getattr(img, "n_frames", 1) > 1:
             notes.append(f"first of {img.n_frames} frames used")

@@ -1,0 +1,219 @@
+"""Served throughput under load, next to the in-process runner's best, in one run.
+
+For each model: export it to ONNX (unless it already is one), measure the in-process
+ONNX Runtime runner's throughput at its best batch size, then start `stl-bench serve`
+on 127.0.0.1 (embedded Ray, ONNX Runtime backend) and drive it with a bounded load
+generator (fixed request count and a time limit per level; it stops by itself) at each
+concurrency. Every request is one encoded image, decoded and preprocessed by the server.
+Reports requests/s, p50/p99 latency and mean batch size (images per runner call, from the
+timing each response carries), and served throughput as a ratio to in-process.
+
+    python benchmarks/serve_load.py --models demo-student fan_tiny_12_p16_224 \
+        --concurrency 1 8 32 64 --csv benchmarks/results/serve_load_cpu.csv
+
+`demo-student` is the student of `stl-bench demo` (stl_bench_runs/demo/student/last.pt).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import stl_bench  # noqa: E402,F401
+from stl_bench.deploy.runner import open_runner  # noqa: E402
+from stl_bench.evaluate.preprocess import Preprocessing  # noqa: E402
+from stl_bench.serve.launcher import LaunchOptions, start  # noqa: E402
+from stl_bench.serve.protocol import PREDICT, ServeConfig  # noqa: E402
+
+log = logging.getLogger("benchmarks.serve_load")
+DEMO_STUDENT = Path("stl_bench_runs/demo/student/last.pt")
+_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def export(model: str, out_dir: Path) -> Path:
+    """An ONNX file for a source: as is, exported from a checkpoint, or random weights by name."""
+    from stl_bench.cli import main
+
+    if model.endswith(".onnx"):
+        return Path(model)
+    source = DEMO_STUDENT if model == "demo-student" else Path(model)
+    out = out_dir / f"{source.stem if source.exists() else model}.onnx"
+    args = ["export", str(source), "-o", str(out)] if source.exists() else ["export", "--model", model, "-o", str(out)]
+    if source.exists():
+        args.append("--tokens")
+    if main(args + ["--batch-sizes", "2"]) != 0:
+        raise SystemExit(f"export of {model} failed")
+    return out
+
+
+def sample_images(size: int, count: int = 16) -> list[bytes]:
+    """Encoded PNG digits (scikit-learn's, nothing downloaded), upscaled towards the model's input."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for i in range(count):
+        pixels = (digits.images[i] * (255.0 / 16.0)).astype("uint8")
+        img = Image.fromarray(pixels, mode="L").convert("RGB").resize((max(32, size + size // 7),) * 2)
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def in_process_best(runner, images: list[bytes], batch_sizes: list[int], seconds: float) -> tuple[float, int]:
+    """Images/s of the in-process runner on preprocessed batches, at its best batch size."""
+    from stl_bench.data.decode import ImageLimits
+    from stl_bench.serve.inputs import image_crop
+
+    prep = Preprocessing.from_data_config(runner.info.data_config)
+    crops = torch.cat([image_crop(b, prep, ImageLimits()) for b in images])
+    best = (0.0, 0)
+    for bs in batch_sizes:
+        x = prep.to_model_input(crops[torch.arange(bs) % len(crops)])
+        runner.predict(x)  # warm-up
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            runner.predict(x).logits.cpu()  # .cpu(): waits for a GPU, as a served answer does
+            n += bs
+        rate = n / (time.perf_counter() - start)
+        log.info("in-process batch %d: %.1f img/s", bs, rate)
+        best = max(best, (rate, bs))
+    return best
+
+
+async def _load(url: str, images: list[bytes], concurrency: int, requests: int, limit_s: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    batch_requests: list[int] = []
+    batch_images: list[int] = []
+    errors = 0
+    issued = 0
+    deadline = time.perf_counter() + limit_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal issued, errors
+        while issued < requests and time.perf_counter() < deadline:
+            body = images[issued % len(images)]
+            issued += 1
+            t0 = time.perf_counter()
+            async with session.post(url + PREDICT, data=body, headers={"Content-Type": "image/png"}) as resp:
+                out = await resp.json()
+            if resp.status != 200:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            batch_requests.append(out["timing"]["batch_requests"])
+            batch_images.append(out["timing"]["batch_images"])
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=limit_s + 120)
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    done = len(latencies)
+    lat = sorted(latencies)
+    # each response saw its runner call: a call of k requests is reported k times
+    calls = sum(1.0 / r for r in batch_requests) or 1.0
+    return {"requests": done, "errors": errors, "seconds": wall, "req_per_s": done / wall,
+            "p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
+            "mean_batch": sum(batch_images[i] / batch_requests[i] for i in range(done)) / calls if done else 0.0}
+
+
+def serve_config(model: str, args: argparse.Namespace, out_dir: Path) -> ServeConfig:
+    """ONNX Runtime (an exported file) or PyTorch (the checkpoint, or random weights by name)."""
+    common = dict(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, device=args.device, amp=args.amp)
+    if args.backend == "onnx":
+        return ServeConfig(source=str(export(model, out_dir).resolve()), **common)
+    source = DEMO_STUDENT if model == "demo-student" else Path(model)
+    if source.exists():
+        return ServeConfig(source=str(source.resolve()), **common)
+    return ServeConfig(model=model, **common)
+
+
+def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
+    cfg = serve_config(model, args, out_dir)
+    runner = open_runner(cfg.source, model_name=cfg.model, device=cfg.device, amp_dtype=_AMP[cfg.amp])
+    size = int(runner.info.data_config["input_size"][-1])
+    images = sample_images(size)
+    best_rate, best_bs = in_process_best(runner, images, args.batch_sizes, args.in_process_seconds)
+    name, backend = runner.info.name, runner.info.backend
+    del runner
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    launch = LaunchOptions(port=args.port, gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0)
+    server = start(cfg, launch)
+    rows = []
+    try:
+        asyncio.run(_load(server.url, images, 4, 16, 30))  # warm-up
+        for c in args.concurrency:
+            requests = max(args.requests, 4 * c)
+            r = asyncio.run(_load(server.url, images, c, requests, args.time_limit))
+            r.update(model=name, source=Path(cfg.source or cfg.model).name, backend=backend, concurrency=c,
+                     in_process_img_s=best_rate, in_process_batch=best_bs, served_vs_in_process=r["req_per_s"] / best_rate)
+            log.info("%s c=%d: %.1f req/s (%.2fx in-process %.1f), p50 %.0f ms, p99 %.0f ms, mean batch %.1f, "
+                     "%d errors", r["model"], c, r["req_per_s"], r["served_vs_in_process"], best_rate, r["p50_ms"],
+                     r["p99_ms"], r["mean_batch"], r["errors"])
+            rows.append(r)
+    finally:
+        server.stop()
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["demo-student", "fan_tiny_12_p16_224"])
+    p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
+    p.add_argument("--requests", type=int, default=200, help="requests per level (at least 4 x concurrency)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 16, 32, 64],
+                   help="in-process batch sizes tried; the best one is the reference")
+    p.add_argument("--in-process-seconds", type=float, default=5.0)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
+                   help="onnx: export and serve with ONNX Runtime (CPU); torch: serve the checkpoint / model name")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for one GPU replica (torch backend)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast (torch backend)")
+    p.add_argument("--csv", type=Path)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cpu = platform.processor() or platform.machine()
+    log.info("torch %s, %d cores, %s", torch.__version__, os.cpu_count() or 0, cpu)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            rows += bench_model(model, args, Path(tmp))
+    cols = ["model", "backend", "concurrency", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "mean_batch",
+            "in_process_img_s", "in_process_batch", "served_vs_in_process"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()

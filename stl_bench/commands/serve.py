@@ -1,0 +1,78 @@
+"""`stl-bench serve`: a checkpoint, ONNX file or TensorRT engine over HTTP with Ray Serve."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+NAME = "serve"
+HELP = "serve a model over HTTP (Ray Serve: dynamic batching, replicas, clusters)"
+DESCRIPTION = (
+    "Serve a checkpoint, an ONNX file or a TensorRT engine over HTTP with Ray Serve. By default a local Ray "
+    "instance is started (token authentication on, dashboard off) and the API listens on 127.0.0.1; "
+    "--address auto or ray://HOST:10001 joins an existing Ray cluster instead. Concurrent requests are "
+    "batched into one model call (--max-batch, --batch-wait-ms). API: POST /v1/predict (an image as the "
+    "raw body or a multipart upload; ?tokens=1 adds the per-patch token labels), GET /v1/model, "
+    "GET /v1/health. --write-config FILE writes the Ray Serve config for `serve deploy` / KubeRay instead "
+    "of serving. Ctrl-C stops the server."
+)
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
+                   "engine (.engine/.plan)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="architecture for a bare state dict; alone: random weights (smoke tests)")
+    m.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
+                   help="token models: fused = class logits + 0.5 x per-class max over tokens (auto: fused)")
+    m.add_argument("--ema", action="store_true", help="serve the checkpoint's EMA weights")
+    m.add_argument("--num-classes", type=int, help="class count for a model built by name")
+    m.add_argument("--img-size", type=int, help="input size for a checkpoint (default: what it records)")
+    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N inside each replica (a GPU replica "
+                   "also needs --gpus-per-replica)")
+    m.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast for checkpoints")
+    b = p.add_argument_group("batching and limits")
+    b.add_argument("--max-batch", type=int, default=32, help="most images in one model call")
+    b.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a model call waits for more requests once one is queued")
+    b.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body accepted")
+    b.add_argument("--min-side", type=int, default=8, help="smallest image side accepted (pixels)")
+    b.add_argument("--top-k", type=int, default=5, help="classes returned per image unless ?top_k= says")
+    b.add_argument("--threads", type=int, help="intra-op threads per replica (default: its reserved CPUs)")
+    s = p.add_argument_group("where it runs")
+    s.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 exposes the API to the network)")
+    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--address", help="join a Ray cluster: auto (the local cluster `ray start` made) or "
+                   "ray://HOST:10001; default: start an embedded Ray instance")
+    s.add_argument("--replicas", type=int, default=1, help="model replicas (each opens its own copy)")
+    s.add_argument("--cpus-per-replica", type=float, help="CPUs reserved per replica (default: cores / replicas)")
+    s.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (fractions share a GPU)")
+    s.add_argument("--write-config", metavar="FILE", help="write the Ray Serve config YAML for this application "
+                   "and exit (deploy it with `serve deploy FILE`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stl_bench.serve.launcher import LaunchOptions, curl_example, serve_until_stopped, start, write_config
+    from stl_bench.serve.protocol import HEALTH, MODEL, ServeConfig
+
+    source = str(Path(args.source).resolve()) if args.source and "://" not in args.source else args.source
+    cfg = ServeConfig(source=source, model=args.model, head=args.head, device=args.device, ema=args.ema,
+                      num_classes=args.num_classes, img_size=args.img_size, amp=args.amp, max_batch=args.max_batch,
+                      batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, min_side=args.min_side,
+                      top_k=args.top_k, threads=args.threads)
+    launch = LaunchOptions(host=args.host, port=args.port, address=args.address, replicas=args.replicas,
+                           cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+    if args.write_config:
+        path = write_config(Path(args.write_config), cfg, launch)
+        print(f"wrote {path}; deploy it on a running Ray cluster with: serve deploy {path}")
+        return 0
+    print(f"starting Ray Serve ({'embedded Ray instance' if launch.address is None else launch.address}) ...",
+          flush=True)
+    server = start(cfg, launch)
+    print(f"serving at {server.url}  (model: {server.url}{MODEL}, health: {server.url}{HEALTH})")
+    print(f"try:  {curl_example(launch)}")
+    print("Ctrl-C stops the server", flush=True)
+    serve_until_stopped(server)
+    return 0

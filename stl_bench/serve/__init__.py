@@ -1,0 +1,1 @@
+"""Serving: Ray Serve application, HTTP runner and Triton model repository."""

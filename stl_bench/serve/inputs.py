@@ -1,0 +1,73 @@
+"""A request body to model input, on the server: decoded once, preprocessed as the harness does.
+
+An encoded image goes through the same three steps an evaluation folder's files go
+through (`load_rgb`'s decoding, the model's resize and centre crop to uint8, then
+normalisation on the batch), so a served prediction equals the in-process one exactly.
+Untrusted bodies are checked from the image header before any pixel is decoded.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import torch
+
+from stl_bench.data.decode import ImageLimits, decode_rgb, open_checked
+from stl_bench.errors import StlBenchError
+from stl_bench.evaluate.preprocess import Preprocessing
+from stl_bench.serve.protocol import NPY, RequestError, parse_npy
+
+
+@dataclass
+class PreparedItem:
+    """One request's images, ready for a batched runner call.
+
+    `images` is uint8 crops [n, 3, H, W] (`normalised=False`, from encoded images) or the
+    client's float32 model inputs (`normalised=True`, from `.npy` bodies).
+    """
+
+    images: torch.Tensor
+    normalised: bool
+    decode_ms: float
+    received: float  # time.perf_counter() when the body was in
+
+    @property
+    def count(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _status_for(message: str) -> int:
+    if "over the limit" in message or "too large" in message:
+        return 413
+    if "aspect ratio" in message or "smaller than" in message or "no pixels" in message:
+        return 422
+    return 400
+
+
+def image_crop(body: bytes, prep: Preprocessing, limits: ImageLimits, name: str = "the image") -> torch.Tensor:
+    """uint8 [1, 3, H, W]: decode (header checked first), resize and centre-crop."""
+    try:
+        img = open_checked(io.BytesIO(body), name, limits)
+        with img:
+            rgb = decode_rgb(img, name)
+    except StlBenchError as exc:
+        raise RequestError(_status_for(str(exc)), str(exc)) from None
+    return prep.folder_transform()(rgb)[None]
+
+
+def prepare(body: bytes, kind: str, prep: Preprocessing, limits: ImageLimits, max_batch: int,
+            received: float) -> PreparedItem:
+    """Turn a checked body (see `protocol.check_body`) into a `PreparedItem`."""
+    start = time.perf_counter()
+    if kind == NPY:
+        images, normalised = parse_npy(body, prep.input_size, max_batch), True
+    else:
+        images, normalised = image_crop(body, prep, limits), False
+    return PreparedItem(images, normalised, (time.perf_counter() - start) * 1000.0, received)
+
+
+def model_inputs(items: list[PreparedItem], prep: Preprocessing) -> torch.Tensor:
+    """One float batch from several requests: crops normalised together, arrays as they came."""
+    parts = [item.images if item.normalised else prep.to_model_input(item.images) for item in items]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
