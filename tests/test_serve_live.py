@@ -46,7 +46,11 @@ def _request(url: str, data: bytes | None = None, ctype: str | None = None, time
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        text = err.read()
+        try:
+            return err.code, json.loads(text or b"{}")
+        except ValueError:  # Ray's proxy answers 404/503 in plain text while the app deploys
+            return err.code, {"text": text.decode(errors="replace")}
 
 
 def _multipart(field: str, filename: str, data: bytes, ctype: str) -> tuple[bytes, str]:
@@ -141,7 +145,10 @@ def test_concurrent_requests_are_batched(server):
     assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:2]
     batch_requests = [out["timing"]["batch_requests"] for _, out in results]
     assert max(batch_requests) > 1 and sum(batch_requests) / len(batch_requests) > 1
-    assert len({json.dumps(out["predictions"][0]["top_k"][0]) for _, out in results}) == 1
+    # the same image in batches of different sizes: the same class, probabilities equal to float rounding
+    tops = [out["predictions"][0]["top_k"][0] for _, out in results]
+    assert len({t["index"] for t in tops}) == 1
+    assert max(t["probability"] for t in tops) - min(t["probability"] for t in tops) < 1e-5
     assert _request(server["url"] + "/v1/health")[0] == 200
 
 
@@ -211,11 +218,12 @@ def test_http_port_listens_on_loopback_only(server):
     http = [s for s in sockets if s[1] == server["port"]]
     assert http and all(ip == "127.0.0.1" for ip, _, _ in http), http
     exposed = sorted({name for ip, _, name in sockets if ip not in ("127.0.0.1", "::1")})
-    print("listening beyond loopback:", exposed)  # named in the README's security note
-    # Ray's internal services that do not follow _node_ip_address must be the documented ones
-    documented = {"gcs_server", "raylet", "ray::IDLE", "python", "python3", "ray::ServeController",
-                  "ray::ProxyActor", "ray::ServeReplica:stl-bench:StlBenchModel", "ray::StlBenchModel"}
-    assert not [n for n in exposed if n not in documented and not n.startswith("ray::")], exposed
+    print("listening beyond loopback:", sorted(s for s in sockets if s[0] not in ("127.0.0.1", "::1")))
+    print("on loopback:", sorted(s for s in sockets if s[0] in ("127.0.0.1", "::1")))
+    # Ray's own gRPC services bind every interface whatever _node_ip_address says (protected by
+    # its token authentication); the README's security note names them: nothing else may
+    ray_services = ("gcs_server", "raylet")
+    assert all(n in ray_services or n.startswith("ray::") or n.startswith("python") for n in exposed), exposed
 
 
 def test_a_killed_replica_is_restarted(server):
@@ -237,10 +245,16 @@ def test_a_killed_replica_is_restarted(server):
 
 
 def test_ctrl_c_shuts_down_cleanly(server):
+    psutil = pytest.importorskip("psutil")
     proc = server["proc"]
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert family  # Ray's processes: GCS, raylet, workers
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 0
     out = proc.stdout.read()
     assert f"serving at http://127.0.0.1:{server['port']}" in out and "curl" in out
-    with socket.socket() as s:  # the port is free again
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, [p.name() for p in alive]  # nothing of Ray is left behind
+    with socket.socket() as s:  # the port is free again (TIME_WAIT aside, as servers bind it)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", server["port"]))

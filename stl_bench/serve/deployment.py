@@ -9,8 +9,10 @@ Replicas, placement, restarts, the HTTP proxy and Prometheus metrics are Ray Ser
 
 `build_app(args)` is the application builder that `serve run` / `serve deploy` (and
 KubeRay's RayService) import through `import_path: stl_bench.serve.deployment:build_app`.
+
+No `from __future__ import annotations` here: FastAPI reads the endpoint signatures'
+annotations at run time to know that `request` is the `Request`.
 """
-from __future__ import annotations
 
 import asyncio
 import logging

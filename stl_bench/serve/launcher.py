@@ -178,9 +178,14 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
 
     embedded = launch.address is None
     if embedded:
-        os.environ[AUTH_ENV] = "token"  # explicit: never an unauthenticated embedded instance
+        # Ray >= 2.52 turns token authentication on for a new local instance when RAY_AUTH_MODE
+        # is unset (preflight refused "disabled"); checked below, never switched off here.
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", namespace="stl-bench",
                  logging_level=logging.WARNING, log_to_driver=True)
+        if not token_auth_enabled():
+            ray.shutdown()
+            raise StlBenchError(f"Ray {ray.__version__} started without token authentication; upgrade to "
+                                f"ray>=2.52 or set {AUTH_ENV}=token")
     else:
         ray.init(address=launch.address, namespace="stl-bench", logging_level=logging.WARNING)
     server = Server(launch, embedded)
@@ -196,6 +201,15 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
         server.stop()
         raise StlBenchError(f"the model could not be served: {_replica_error(exc)}") from None
     return server
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process's Ray runs with token authentication (Ray's own view of it)."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:  # a Ray without token authentication at all
+        return False
+    return get_authentication_mode() == AuthenticationMode.TOKEN
 
 
 def wait_healthy(url: str, timeout_s: float) -> None:
