@@ -78,16 +78,16 @@ def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 240) -> None
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     ckpt = save_checkpoint(root / "student.pt", seed=3, arch=TOKEN_ARCH)
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "stl_bench", "serve", str(ckpt), "--port", str(port), "--max-batch", "16",
-           "--batch-wait-ms", "30", "--max-body-mb", str(MAX_BODY_MB)]
+           "--batch-wait-ms", "30", "--max-body-mb", str(MAX_BODY_MB), "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_health(url, proc)
-        yield {"url": url, "port": port, "proc": proc, "ckpt": ckpt, "root": root}
+        yield {"url": url, "port": port, "proc": proc, "ckpt": ckpt, "root": root, "metrics_port": metrics_port}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -150,6 +150,23 @@ def test_concurrent_requests_are_batched(server):
     assert len({t["index"] for t in tops}) == 1
     assert max(t["probability"] for t in tops) - min(t["probability"] for t in tops) < 1e-5
     assert _request(server["url"] + "/v1/health")[0] == 200
+
+
+def test_prometheus_metrics_count_requests_and_batches(server):
+    url = f"http://127.0.0.1:{server['metrics_port']}/metrics"
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            text = ""
+        if "stl_bench_batch_images" in text and "ray_serve_num_http_requests" in text:
+            break
+        time.sleep(2)
+    for name in ("ray_serve_num_http_requests", "ray_serve_http_request_latency_ms", "ray_serve_actual_batch_size",
+                 "stl_bench_images", "stl_bench_batch_images", "stl_bench_inference_ms"):
+        assert name in text, f"{name} missing from {url}"
 
 
 def _png(w: int, h: int) -> bytes:

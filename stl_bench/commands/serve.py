@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--replicas", type=int, default=1, help="model replicas (each opens its own copy)")
     s.add_argument("--cpus-per-replica", type=float, help="CPUs reserved per replica (default: cores / replicas)")
     s.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (fractions share a GPU)")
+    s.add_argument("--metrics-port", type=int, help="port of Ray's Prometheus metrics endpoint (embedded "
+                   "instance; default: a free port, printed at start-up)")
     s.add_argument("--write-config", metavar="FILE", help="write the Ray Serve config YAML for this application "
                    "and exit (deploy it with `serve deploy FILE`)")
 
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                       batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, min_side=args.min_side,
                       top_k=args.top_k, threads=args.threads)
     launch = LaunchOptions(host=args.host, port=args.port, address=args.address, replicas=args.replicas,
-                           cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+                           cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica,
+                           metrics_port=args.metrics_port)
     if args.write_config:
         path = write_config(Path(args.write_config), cfg, launch)
         print(f"wrote {path}; deploy it on a running Ray cluster with: serve deploy {path}")
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     server = start(cfg, launch)
     print(f"serving at {server.url}  (model: {server.url}{MODEL}, health: {server.url}{HEALTH})")
     print(f"try:  {curl_example(launch)}")
+    if server.metrics_url:
+        print(f"Prometheus metrics (Ray Serve's and stl_bench_*): {server.metrics_url}")
     print("Ctrl-C stops the server", flush=True)
     serve_until_stopped(server)
     return 0

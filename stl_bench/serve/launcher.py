@@ -43,6 +43,7 @@ class LaunchOptions:
     replicas: int = 1
     cpus_per_replica: float | None = None  # default: this machine's cores / replicas (embedded)
     gpus_per_replica: float = 0.0
+    metrics_port: int | None = None  # Ray's Prometheus endpoint (embedded instance); None: Ray picks
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -155,6 +156,16 @@ class Server:
     def url(self) -> str:
         return self.launch.url
 
+    @property
+    def metrics_url(self) -> str | None:
+        """Ray's Prometheus endpoint on this node (Ray Serve's request, latency and batch
+        metrics, and ours: stl_bench_images, stl_bench_batch_images, stl_bench_inference_ms)."""
+        from ray._private import worker
+
+        node = getattr(worker, "_global_node", None)
+        port = getattr(node, "metrics_export_port", None) if node is not None else None
+        return f"http://127.0.0.1:{port}/metrics" if port else None
+
     def stop(self) -> None:
         import ray
         from ray import serve
@@ -181,7 +192,7 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
         # Ray >= 2.52 turns token authentication on for a new local instance when RAY_AUTH_MODE
         # is unset (preflight refused "disabled"); checked below, never switched off here.
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", namespace="stl-bench",
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, log_to_driver=True, _metrics_export_port=launch.metrics_port)
         if not token_auth_enabled():
             ray.shutdown()
             raise StlBenchError(f"Ray {ray.__version__} started without token authentication; upgrade to "
