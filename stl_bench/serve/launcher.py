@@ -105,7 +105,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def curl_example(launch: LaunchOptions, image: str = "photo.jpg") -> str:
-    return f"curl -s -F image=@{image} '{launch.url}{PREDICT}?tokens=0'"
+    return f"curl -s -F image=@{image} {launch.url}{PREDICT}"
 
 
 def write_config(path: Path, cfg: ServeConfig, launch: LaunchOptions) -> Path:
@@ -201,9 +201,11 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
         ray.init(address=launch.address, namespace="stl-bench", logging_level=logging.WARNING)
     server = Server(launch, embedded)
     try:
+        quiet = {"log_level": "WARNING"}  # per-request access lines stay in Ray's log files, not the console
         serve.start(http_options={"host": launch.host, "port": launch.port},
-                    proxy_location="HeadOnly" if embedded else "EveryNode")
-        serve.run(build_app(app_args(cfg, launch)), name=APP_NAME, route_prefix="/", blocking=False)
+                    proxy_location="HeadOnly" if embedded else "EveryNode", logging_config=quiet)
+        serve.run(build_app(app_args(cfg, launch)), name=APP_NAME, route_prefix="/", blocking=False,
+                  logging_config=quiet)
         wait_healthy(launch.url, ready_timeout_s)
     except StlBenchError:
         server.stop()
