@@ -148,6 +148,36 @@ def serve_config(model: str, args: argparse.Namespace, out_dir: Path) -> ServeCo
     return ServeConfig(model=model, **common)
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of the processes that take part, by role (psutil; {} without it)."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    roles: dict[str, float] = {}
+    for p in psutil.process_iter(["pid", "name"]):
+        name = p.info["name"] or ""
+        role = ("replica" if "ServeReplica" in name else "http proxy" if "ProxyActor" in name
+                else "load generator" if p.info["pid"] == os.getpid() else "ray other" if name.startswith(("ray::", "gcs", "raylet"))
+                else None)
+        if role:
+            try:
+                t = p.cpu_times()
+                roles[role] = roles.get(role, 0.0) + t.user + t.system
+            except psutil.Error:
+                continue
+    return roles
+
+
+def _load_with_cpu(url: str, images: list[bytes], c: int, requests: int, limit_s: float) -> dict:
+    before = _cpu_seconds()
+    r = asyncio.run(_load(url, images, c, requests, limit_s))
+    after = _cpu_seconds()
+    r["cpu_ms_per_request"] = {k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, r["requests"]), 1)
+                               for k in after}
+    return r
+
+
 def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     cfg = serve_config(model, args, out_dir)
     runner = open_runner(cfg.source, model_name=cfg.model, device=cfg.device, amp_dtype=_AMP[cfg.amp])
@@ -165,12 +195,12 @@ def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dic
         asyncio.run(_load(server.url, images, 4, 16, 30))  # warm-up
         for c in args.concurrency:
             requests = max(args.requests, 4 * c)
-            r = asyncio.run(_load(server.url, images, c, requests, args.time_limit))
+            r = _load_with_cpu(server.url, images, c, requests, args.time_limit)
             r.update(model=name, source=Path(cfg.source or cfg.model).name, backend=backend, concurrency=c,
                      in_process_img_s=best_rate, in_process_batch=best_bs, served_vs_in_process=r["req_per_s"] / best_rate)
             log.info("%s c=%d: %.1f req/s (%.2fx in-process %.1f), p50 %.0f ms, p99 %.0f ms, mean batch %.1f, "
-                     "%d errors", r["model"], c, r["req_per_s"], r["served_vs_in_process"], best_rate, r["p50_ms"],
-                     r["p99_ms"], r["mean_batch"], r["errors"])
+                     "%d errors; CPU ms per request %s", r["model"], c, r["req_per_s"], r["served_vs_in_process"],
+                     best_rate, r["p50_ms"], r["p99_ms"], r["mean_batch"], r["errors"], r["cpu_ms_per_request"])
             rows.append(r)
     finally:
         server.stop()
@@ -203,10 +233,11 @@ def main() -> None:
         for model in args.models:
             rows += bench_model(model, args, Path(tmp))
     cols = ["model", "backend", "concurrency", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "mean_batch",
-            "in_process_img_s", "in_process_batch", "served_vs_in_process"]
+            "in_process_img_s", "in_process_batch", "served_vs_in_process", "cpu_ms_per_request"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]).replace("|", "/") for c in cols)
+              + " |")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         with open(args.csv, "w", newline="") as f:

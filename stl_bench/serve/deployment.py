@@ -28,7 +28,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from stl_bench.data.decode import ImageLimits
 from stl_bench.deploy.class_names import class_names_for
-from stl_bench.deploy.runner import Prediction, open_runner
+from stl_bench.deploy.runner import Prediction, Runner, open_runner
 from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.serve.inputs import PreparedItem, model_inputs, prepare
 from stl_bench.serve.model_card import describe_runner, token_grid_of
@@ -65,6 +65,17 @@ async def _read_body(request: Request, limit: int) -> tuple[bytes, str]:
     return data, upload.content_type or "application/octet-stream"
 
 
+def _open(cfg: ServeConfig) -> Runner:
+    """The replica's runner. ONNX Runtime threads do not spin while idle here: a spinning
+    pool would take the cores that the HTTP proxy and the batching loop need between calls."""
+    if cfg.source and cfg.source.lower().endswith(".onnx"):
+        from stl_bench.deploy.onnx_runner import OnnxRunner
+
+        return OnnxRunner.open(cfg.source, device=cfg.device, head=cfg.head, threads=cfg.threads or 0, spin=False)
+    return open_runner(cfg.source, model_name=cfg.model, device=cfg.device, head=cfg.head, use_ema=cfg.ema,
+                       num_classes=cfg.num_classes, amp_dtype=_AMP[cfg.amp], img_size=cfg.img_size)
+
+
 @serve.deployment(name=DEPLOYMENT, max_ongoing_requests=256, health_check_period_s=5.0)
 @serve.ingress(api)
 class StlBenchModel:
@@ -74,9 +85,7 @@ class StlBenchModel:
         self.cfg = ServeConfig.from_dict(config)
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.runner = open_runner(self.cfg.source, model_name=self.cfg.model, device=self.cfg.device,
-                                  head=self.cfg.head, use_ema=self.cfg.ema, num_classes=self.cfg.num_classes,
-                                  amp_dtype=_AMP[self.cfg.amp], img_size=self.cfg.img_size)
+        self.runner = _open(self.cfg)
         self.prep = Preprocessing.from_data_config(self.runner.info.data_config)
         self.names = class_names_for(self.runner.info)
         self.grid = token_grid_of(self.runner)
@@ -85,6 +94,9 @@ class StlBenchModel:
                                   min_side=self.cfg.min_side)
         self.predict_batch.set_max_batch_size(self.cfg.max_batch)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000.0)
+        self._inflight = 0  # requests between decoding and their answer
+        self._model_s = 0.0  # recent runner-call duration (moving average)
+        self._window_s = self.cfg.batch_wait_ms / 1000.0
         tags = ("model",)
         self.images_total = Counter("stl_bench_images", description="images predicted", tag_keys=tags)
         self.errors_total = Counter("stl_bench_request_errors", description="requests refused (4xx)",
@@ -121,7 +133,13 @@ class StlBenchModel:
             kind = check_body(body, content_type, self.cfg.max_body_bytes)
             item = await asyncio.to_thread(prepare, body, kind, self.prep, self.limits, self.cfg.max_batch,
                                            time.perf_counter())
-            result: ItemResult = await self.predict_batch(item)
+            self._inflight += 1
+            self._tune_window()
+            try:
+                result: ItemResult = await self.predict_batch(item)
+            finally:
+                self._inflight -= 1
+                self._tune_window()
             result.timing.total_ms = (time.perf_counter() - start) * 1000.0
             return JSONResponse(prediction_body(result, query, self.names, self.grid, self.card))
         except RequestError as exc:
@@ -134,6 +152,7 @@ class StlBenchModel:
         started = time.perf_counter()
         pred = await asyncio.to_thread(self._run, items)
         inference_ms = (time.perf_counter() - started) * 1000.0
+        self._model_s = 0.8 * self._model_s + 0.2 * inference_ms / 1000.0 if self._model_s else inference_ms / 1000.0
         total = sum(i.count for i in items)
         self.images_total.inc(total)
         self.batch_images.observe(total)
@@ -142,11 +161,28 @@ class StlBenchModel:
         for item in items:
             n = item.count
             tokens = pred.token_logits[offset:offset + n] if pred.token_logits is not None else None
-            timing = Timing(decode_ms=item.decode_ms, queue_ms=(started - item.received) * 1000.0,
+            timing = Timing(wait_ms=(item.prepared - item.received) * 1000.0 - item.decode_ms,
+                            decode_ms=item.decode_ms, queue_ms=(started - item.prepared) * 1000.0,
                             inference_ms=inference_ms, batch_images=total, batch_requests=len(items))
             out.append(ItemResult(pred.logits[offset:offset + n], tokens, timing))
             offset += n
         return out
+
+    def _tune_window(self) -> None:
+        """Under load, hold a batch open for about one model call; idle, for --batch-wait-ms.
+
+        Ray Serve (2.60) forms the next batch while the previous one runs, closing it after
+        the batch wait, and queues it behind the running one: with a short wait and a slow
+        model, batches stay small (2 to 3 images at 32 concurrent requests here) however
+        long requests queue. Waiting about as long as a model call while other requests are
+        in flight lets one batch gather what arrives during the running call, through Ray
+        Serve's own setter; a lone request still waits only --batch-wait-ms.
+        """
+        base = self.cfg.batch_wait_ms / 1000.0
+        window = max(base, min(self._model_s, 1.0)) if self._inflight > 1 else base
+        if abs(window - self._window_s) > 1e-4:
+            self._window_s = window
+            self.predict_batch.set_batch_wait_timeout_s(window)
 
     def _run(self, items: list[PreparedItem]) -> Prediction:
         pred = self.runner.predict(model_inputs(items, self.prep))

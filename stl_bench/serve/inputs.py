@@ -31,6 +31,7 @@ class PreparedItem:
     normalised: bool
     decode_ms: float
     received: float  # time.perf_counter() when the body was in
+    prepared: float = 0.0  # ... and when decoding ended (queueing for the model starts)
 
     @property
     def count(self) -> int:
@@ -64,7 +65,8 @@ def prepare(body: bytes, kind: str, prep: Preprocessing, limits: ImageLimits, ma
         images, normalised = parse_npy(body, prep.input_size, max_batch), True
     else:
         images, normalised = image_crop(body, prep, limits), False
-    return PreparedItem(images, normalised, (time.perf_counter() - start) * 1000.0, received)
+    end = time.perf_counter()
+    return PreparedItem(images, normalised, (end - start) * 1000.0, received, end)
 
 
 def model_inputs(items: list[PreparedItem], prep: Preprocessing) -> torch.Tensor:

@@ -170,8 +170,9 @@ def to_npy(x: torch.Tensor) -> bytes:
 class Timing:
     """Milliseconds spent on a request, and the runner call it shared with others."""
 
+    wait_ms: float = 0.0  # body received -> decoding starts (a free worker thread)
     decode_ms: float = 0.0
-    queue_ms: float = 0.0
+    queue_ms: float = 0.0  # decoded -> in a model call (the batch queue)
     inference_ms: float = 0.0
     total_ms: float = 0.0
     batch_images: int = 0
