@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -230,7 +229,3 @@ def error_from_json(status: int, text: str) -> str:
         return str(json.loads(text).get("error") or text)
     except (ValueError, AttributeError):
         return text.strip()[:300] or f"HTTP {status}"
-
-
-def finite_or_none(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else value
