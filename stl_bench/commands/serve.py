@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stl_bench.serve.launcher import LaunchOptions, curl_example, serve_until_stopped, start, write_config
+    from stl_bench.serve.launcher import (LaunchOptions, StopSignals, curl_example, serve_until_stopped, start,
+                                          write_config)
     from stl_bench.serve.protocol import HEALTH, MODEL, ServeConfig
 
     source = str(Path(args.source).resolve()) if args.source and "://" not in args.source else args.source
@@ -73,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"starting Ray Serve ({'embedded Ray instance' if launch.address is None else launch.address}) ...",
           flush=True)
-    server = start(cfg, launch)
-    print(f"serving at {server.url}  (model: {server.url}{MODEL}, health: {server.url}{HEALTH})")
-    print(f"try:  {curl_example(launch)}")
-    if server.metrics_url:
-        print(f"Prometheus metrics (Ray Serve's and stl_bench_*): {server.metrics_url}")
-    print("Ctrl-C stops the server", flush=True)
-    serve_until_stopped(server)
+    with StopSignals() as stop:
+        server = start(cfg, launch)
+        print(f"serving at {server.url}  (model: {server.url}{MODEL}, health: {server.url}{HEALTH})")
+        print(f"try:  {curl_example(launch)}")
+        if server.metrics_url:
+            print(f"Prometheus metrics (Ray Serve's and stl_bench_*): {server.metrics_url}")
+        print("Ctrl-C stops the server", flush=True)
+        serve_until_stopped(server, stop)
     return 0

@@ -167,11 +167,18 @@ class Server:
         return f"http://127.0.0.1:{port}/metrics" if port else None
 
     def stop(self) -> None:
+        """Embedded: Serve and Ray go. Joined cluster: only this application is deleted (the
+        cluster and its other Serve applications stay), then the driver disconnects."""
         import ray
         from ray import serve
 
+        from stl_bench.serve.deployment import APP_NAME
+
         try:
-            serve.shutdown()
+            if self.embedded:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
         finally:
             if ray.is_initialized():
                 ray.shutdown()
@@ -180,6 +187,8 @@ class Server:
 def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.0) -> Server:
     """Bring the application up and return once `/v1/health` answers 200."""
     preflight(cfg, launch)
+    if launch.address is not None:
+        use_local_token_to_join()
     try:
         import ray
         from ray import serve
@@ -216,6 +225,20 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
     return server
 
 
+def use_local_token_to_join() -> None:
+    """Authenticate to a cluster with this machine's Ray token, as `--address auto` does.
+
+    Ray's driver sends its token only in token mode; given an explicit address with
+    RAY_AUTH_MODE unset it connects without one and the cluster refuses it. Set before
+    `import ray` (Ray reads the mode once per process).
+    """
+    if os.environ.get(AUTH_ENV):
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ[AUTH_ENV] = "token"
+
+
 def token_auth_enabled() -> bool:
     """Whether this process's Ray runs with token authentication (Ray's own view of it)."""
     try:
@@ -242,15 +265,26 @@ def wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.25)
 
 
-def serve_until_stopped(server: Server) -> None:
-    """Block until Ctrl-C or SIGTERM, then shut down cleanly."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+class StopSignals:
+    """Ctrl-C and SIGTERM set an event instead of raising, from the moment start-up begins,
+    so a stop that arrives while Ray is still coming up shuts everything down cleanly too."""
+
+    def __enter__(self) -> threading.Event:
+        self.event = threading.Event()
+        self.previous = {sig: signal.signal(sig, lambda *_: self.event.set())
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def serve_until_stopped(server: Server, stop: threading.Event) -> None:
+    """Block until `stop` is set (Ctrl-C or SIGTERM), then shut down cleanly."""
     try:
         while not stop.wait(1.0):
             pass
     finally:
         log.info("shutting down")
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
