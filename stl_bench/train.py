@@ -199,7 +199,6 @@ def build_objective(
     return StudentObjective(source, cfg.cls_weight, cfg.dense_weight)
 
 
-# --- checkpoints -----------------------------------------------------------------------
 def batch_recipe(cfg: TrainConfig, num_classes: int) -> BatchRecipe:
     """The mixing and (after-mix) erasing settings of a run."""
     return BatchRecipe(
@@ -209,6 +208,7 @@ def batch_recipe(cfg: TrainConfig, num_classes: int) -> BatchRecipe:
     )
 
 
+# --- checkpoints -----------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG as tensors and lists (weights_only-loadable)."""
     np_state = np.random.get_state()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_serve_joins_a_cluster_and_leaves_it_running(tmp_path):
-    ray_cli = shutil.which("ray")
-    if ray_cli is None:
-        pytest.skip("the `ray` command is not on PATH")
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command, from this interpreter's Ray
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     gcs_port = free_port()
-    subprocess.run([ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+    subprocess.run([*ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
                     "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
                    capture_output=True, timeout=180)
     try:
@@ -46,4 +43,4 @@ def test_serve_joins_a_cluster_and_leaves_it_running(tmp_path):
                                capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "token"}, timeout=120)
         assert probe.returncode == 0 and int(probe.stdout.strip().splitlines()[-1]) >= 1, probe.stderr[-500:]
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run([*ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
                                     channels_last=args.channels_last, img_size=args.img_size)
     info = runner.info
     prep = Preprocessing.from_data_config(info.data_config)
-    served = bool(args.source) and args.source.lower().startswith(("http://", "https://"))
+    served = runner_mod.is_endpoint_url(args.source)
     if served:
         checkpoint = (info.extra.get("checkpoint_sha256") or "served")[:16]
     elif args.source:

@@ -56,11 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from stl_bench.deploy.runner import is_endpoint_url
+
     from stl_bench.serve.launcher import (LaunchOptions, StopSignals, curl_example, serve_until_stopped, start,
                                           write_config)
     from stl_bench.serve.protocol import HEALTH, MODEL, ServeConfig
 
-    source = str(Path(args.source).resolve()) if args.source and "://" not in args.source else args.source
+    source = str(Path(args.source).resolve()) if args.source and not is_endpoint_url(args.source) else args.source
     cfg = ServeConfig(source=source, model=args.model, head=args.head, device=args.device, ema=args.ema,
                       num_classes=args.num_classes, img_size=args.img_size, amp=args.amp, max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, min_side=args.min_side,

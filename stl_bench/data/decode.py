@@ -29,6 +29,16 @@ class ImageLimits:
     min_side: int = 1
 
 
+class ImageRefused(StlBenchError):
+    """An untrusted image refused before or while decoding; `reason` says which kind:
+    "unreadable" (not an image, truncated, corrupt), "too_large" (pixels) or "shape"
+    (empty, too small a side, too extreme an aspect ratio)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def open_checked(source: str | BinaryIO, name: str, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Open (header only) and check an untrusted image; the caller closes it."""
     with warnings.catch_warnings():
@@ -36,25 +46,26 @@ def open_checked(source: str | BinaryIO, name: str, limits: ImageLimits = ImageL
         try:
             img = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise StlBenchError(f"{name} is too large to decode safely (over {limits.max_pixels:,} pixels)") from None
+            raise ImageRefused(f"{name} is too large to decode safely (over {limits.max_pixels:,} pixels)",
+                               "too_large") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise StlBenchError(f"{name} is not an image file that can be read ({exc.__class__.__name__}); "
-                                f"send a {SUPPORTED} image") from None
+            raise ImageRefused(f"{name} is not an image file that can be read ({exc.__class__.__name__}); "
+                               f"send a {SUPPORTED} image", "unreadable") from None
     w, h = img.size
     problem = None
     if w < 1 or h < 1:
-        problem = f"{name} has no pixels ({w}x{h})"
+        problem = f"{name} has no pixels ({w}x{h})", "shape"
     elif w * h > limits.max_pixels:
         problem = (f"{name} is {w}x{h} = {w * h:,} pixels, over the limit of {limits.max_pixels:,}; "
-                   "downscale it first")
+                   "downscale it first", "too_large")
     elif min(w, h) < limits.min_side:
-        problem = f"{name} is {w}x{h}, smaller than {limits.min_side} pixels on a side; send a larger image"
+        problem = f"{name} is {w}x{h}, smaller than {limits.min_side} pixels on a side; send a larger image", "shape"
     elif max(w, h) / min(w, h) > limits.max_aspect:
         problem = (f"{name} is {w}x{h}, an aspect ratio over {limits.max_aspect:g}:1; the model's centre crop "
-                   "would show a sliver of it. Crop it closer to square first")
+                   "would show a sliver of it. Crop it closer to square first", "shape")
     if problem:
         img.close()
-        raise StlBenchError(problem)
+        raise ImageRefused(*problem)
     return img
 
 
@@ -69,4 +80,5 @@ def decode_rgb(img: Image.Image, name: str = "image") -> Image.Image:
     try:
         return to_rgb(img)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise StlBenchError(f"{name} could not be decoded ({exc}); the file may be truncated or corrupt") from None
+        raise ImageRefused(f"{name} could not be decoded ({exc}); the file may be truncated or corrupt",
+                           "unreadable") from None

@@ -198,13 +198,23 @@ def _quiet_exporter() -> Iterator[None]:
 
 @contextmanager
 def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary path beside `final`, renamed onto it only if the block succeeds."""
+    """A temporary path beside `final`, renamed onto it only if the block succeeds.
+
+    The file is fsynced before the rename, so a crash never leaves a renamed but empty
+    file (a server polling the folder, Triton for one, may load it at once).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            fd = os.open(tmp_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would make exports private

@@ -104,6 +104,11 @@ HEADS = ("auto", "cls", "fused")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
+def is_endpoint_url(source: object) -> bool:
+    """Whether `source` names a `stl-bench serve` endpoint rather than a file."""
+    return bool(source) and str(source).lower().startswith(("http://", "https://"))
+
+
 def resolve_head(head: str, has_tokens: bool) -> str:
     """"auto" means the fused head for token models (how STL's numbers were measured)."""
     if head not in HEADS:
@@ -149,7 +154,7 @@ def open_runner(
     from stl_bench.fan.factory import create_model, create_model_from_checkpoint, trained_input_hw
 
     if source is not None:
-        if str(source).lower().startswith(("http://", "https://")):
+        if is_endpoint_url(source):
             from stl_bench.serve.http_runner import HttpRunner
 
             return HttpRunner.open(str(source), head=head)

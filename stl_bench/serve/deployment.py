@@ -33,7 +33,8 @@ from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.serve.inputs import PreparedItem, model_inputs, prepare
 from stl_bench.serve.model_card import describe_runner, token_grid_of
 from stl_bench.serve.protocol import (HEALTH, MODEL, MULTIPART, PREDICT, ItemResult, Query, RequestError,
-                                      ServeConfig, Timing, check_body, media_type, prediction_body)
+                                      ServeConfig, Timing, body_too_large, check_body, media_type,
+                                      prediction_body)
 
 log = logging.getLogger("stl_bench.serve")
 DEPLOYMENT = "StlBenchModel"
@@ -47,9 +48,8 @@ _AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 async def _read_body(request: Request, limit: int) -> tuple[bytes, str]:
     """The image bytes and their media type; a multipart upload's first file field."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise RequestError(413, f"the request body is {int(declared) / 2**20:.1f} MB, over the server's limit of "
-                                f"{limit / 2**20:.1f} MB (stl-bench serve --max-body-mb)")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:  # multipart framing allowed for
+        raise body_too_large(int(declared), limit)
     kind = media_type(request.headers.get("content-type"))
     if kind != MULTIPART:
         return await request.body(), request.headers.get("content-type", "")

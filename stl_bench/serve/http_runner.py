@@ -23,42 +23,22 @@ from stl_bench.serve.protocol import MODEL, NPY, PREDICT, error_from_json, to_np
 log = logging.getLogger(__name__)
 
 
-def is_url(source: str | None) -> bool:
-    return bool(source) and str(source).lower().startswith(("http://", "https://"))
-
-
 class HttpRunner(Runner):
     """Talks to one `stl-bench serve` endpoint over a kept-alive HTTP connection."""
 
-    def __init__(self, url: str, card: dict[str, Any], timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
         self.url = url.rstrip("/")
-        self.card = card
         self.timeout_s = timeout_s
         parts = urlsplit(self.url)
         self._conn_args = (parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80))
         self._https = parts.scheme == "https"
         self._conn: http.client.HTTPConnection | None = None
-        self.max_batch = int(card.get("max_batch") or 32)
         self.device = torch.device("cpu")
-        self.info = RunnerInfo(
-            name=card["name"],
-            backend=f"served:{card['backend']}",
-            num_classes=int(card["num_classes"]),
-            data_config=dict(card["data_config"]),
-            has_tokens=bool(card["has_tokens"]),
-            head=card["head"],
-            weights=f"{card.get('weights') or 'n/a'} served at {self.url}",
-            class_names=card.get("class_names"),
-            extra={"url": self.url, "checkpoint_sha256": card.get("checkpoint_sha256", ""),
-                   "precision": card.get("precision"), "params": card.get("params")},
-        )
-        self.info.data_config["input_size"] = tuple(self.info.data_config["input_size"])
 
     @classmethod
     def open(cls, url: str, head: str = "auto", timeout_s: float = 600.0) -> "HttpRunner":
         """Connect and read `GET /v1/model`; the served head must be the one asked for."""
-        runner = cls(url, {"name": "?", "backend": "?", "num_classes": 0, "data_config": {"input_size": (3, 1, 1)},
-                           "has_tokens": False, "head": "cls"}, timeout_s)
+        runner = cls(url, timeout_s)
         status, text = runner._request("GET", MODEL)
         if status != 200:
             raise StlBenchError(f"{url}{MODEL} answered HTTP {status}: {error_from_json(status, text)}")
@@ -66,7 +46,27 @@ class HttpRunner(Runner):
         if head not in ("auto", card["head"]):
             raise StlBenchError(f"{url} serves the {card['head']} head, not {head}; evaluate with --head auto or "
                                 f"restart stl-bench serve with --head {head}")
-        return cls(url, card, timeout_s)
+        runner._adopt(card)
+        return runner
+
+    def _adopt(self, card: dict[str, Any]) -> None:
+        """The served model's description as this runner's `info`."""
+        self.card = card
+        self.max_batch = int(card.get("max_batch") or 32)
+        data_config = dict(card["data_config"])
+        data_config["input_size"] = tuple(data_config["input_size"])
+        self.info = RunnerInfo(
+            name=card["name"],
+            backend=f"served:{card['backend']}",
+            num_classes=int(card["num_classes"]),
+            data_config=data_config,
+            has_tokens=bool(card["has_tokens"]),
+            head=card["head"],
+            weights=f"{card.get('weights') or 'n/a'} served at {self.url}",
+            class_names=card.get("class_names"),
+            extra={"url": self.url, "checkpoint_sha256": card.get("checkpoint_sha256", ""),
+                   "precision": card.get("precision"), "params": card.get("params")},
+        )
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

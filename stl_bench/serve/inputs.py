@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stl_bench.data.decode import ImageLimits, decode_rgb, open_checked
-from stl_bench.errors import StlBenchError
+from stl_bench.data.decode import ImageLimits, ImageRefused, decode_rgb, open_checked
 from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.serve.protocol import NPY, RequestError, parse_npy
 
@@ -38,12 +37,8 @@ class PreparedItem:
         return int(self.images.shape[0])
 
 
-def _status_for(message: str) -> int:
-    if "over the limit" in message or "too large" in message:
-        return 413
-    if "aspect ratio" in message or "smaller than" in message or "no pixels" in message:
-        return 422
-    return 400
+# Payload too large for pixel bombs, unprocessable for shapes a centre crop cannot serve.
+_STATUS = {"unreadable": 400, "too_large": 413, "shape": 422}
 
 
 def image_crop(body: bytes, prep: Preprocessing, limits: ImageLimits, name: str = "the image") -> torch.Tensor:
@@ -52,8 +47,8 @@ def image_crop(body: bytes, prep: Preprocessing, limits: ImageLimits, name: str 
         img = open_checked(io.BytesIO(body), name, limits)
         with img:
             rgb = decode_rgb(img, name)
-    except StlBenchError as exc:
-        raise RequestError(_status_for(str(exc)), str(exc)) from None
+    except ImageRefused as exc:
+        raise RequestError(_STATUS[exc.reason], str(exc)) from None
     return prep.folder_transform()(rgb)[None]
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stl_bench.deploy.runner import is_endpoint_url
 from stl_bench.errors import StlBenchError
 from stl_bench.serve.protocol import HEALTH, PREDICT, ServeConfig
 
@@ -78,7 +79,7 @@ def app_args(cfg: ServeConfig, launch: LaunchOptions) -> dict[str, Any]:
 
 def preflight(cfg: ServeConfig, launch: LaunchOptions) -> None:
     """Fail fast, in one line, on what would otherwise fail inside Ray minutes later."""
-    if cfg.source and not re.match(r"^[a-z]+://", cfg.source):
+    if cfg.source and not is_endpoint_url(cfg.source):
         path = Path(cfg.source)
         if not path.exists():
             raise StlBenchError(f"model file {path} does not exist; check the path")

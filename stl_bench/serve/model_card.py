@@ -35,16 +35,12 @@ def _precision(runner: Runner, cfg: ServeConfig) -> str:
     return {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[cfg.amp]
 
 
-def _checkpoint_sha256(runner: Runner, cfg: ServeConfig) -> str:
+def _checkpoint_sha256(runner: Runner, cfg: ServeConfig, source_sha256: str) -> str:
     """The weights' identity: the checkpoint file's hash (or, for an export, the one it records)."""
     recorded = runner.info.extra.get("checkpoint_sha256")
     if recorded:
         return str(recorded)
-    if cfg.source and Path(cfg.source).is_file() and Path(cfg.source).suffix.lower() != ".onnx":
-        from stl_bench.fan.checkpoint import file_sha256
-
-        return file_sha256(cfg.source)
-    return ""
+    return "" if cfg.source and Path(cfg.source).suffix.lower() == ".onnx" else source_sha256
 
 
 def describe_runner(runner: Runner, cfg: ServeConfig, prep: Preprocessing,
@@ -71,7 +67,7 @@ def describe_runner(runner: Runner, cfg: ServeConfig, prep: Preprocessing,
         "params": params,
         "source": Path(cfg.source).name if cfg.source else None,
         "source_sha256": file_sha,
-        "checkpoint_sha256": _checkpoint_sha256(runner, cfg),
+        "checkpoint_sha256": _checkpoint_sha256(runner, cfg, file_sha),
         "input_size": list(prep.input_size),
         "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.data_config.items()},
         "preprocessing": prep.describe(),

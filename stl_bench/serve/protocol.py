@@ -128,14 +128,18 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
+def body_too_large(size: int, limit: int) -> RequestError:
+    return RequestError(413, f"the request body is {size / 2**20:.1f} MB, over the server's limit of "
+                             f"{limit / 2**20:.1f} MB (stl-bench serve --max-body-mb)")
+
+
 def check_body(body: bytes, content_type: str | None, limit: int) -> str:
     """Refuse empty, oversized and wrongly typed bodies; return the media type."""
     kind = media_type(content_type)
     if not body:
         raise RequestError(400, f"the request body is empty; {HOW_TO_SEND}")
     if len(body) > limit:
-        raise RequestError(413, f"the request body is {len(body) / 2**20:.1f} MB, over the server's limit of "
-                                f"{limit / 2**20:.1f} MB (stl-bench serve --max-body-mb)")
+        raise body_too_large(len(body), limit)
     if kind == NPY or kind.startswith(IMAGE_TYPES):
         return kind
     raise RequestError(415, f"Content-Type {kind or '(none)'} is not accepted; {HOW_TO_SEND}")

@@ -31,12 +31,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
-from stl_bench.deploy.export_onnx import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata
+from stl_bench.deploy.export_onnx import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata, atomic_path
 from stl_bench.deploy.runner import ENGINE_SUFFIXES
 from stl_bench.errors import StlBenchError
 
@@ -303,30 +302,15 @@ def config_text(config: Any, source_name: str) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_write(dst: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in `dst`'s folder, fsync it, then rename it onto `dst`,
-    so a polling Triton (or a killed run) never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from a server's user
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _copy_file(src: Path, dst: Path) -> None:
-    def write(handle: BinaryIO) -> None:
-        with src.open("rb") as reader:
-            shutil.copyfileobj(reader, handle, 16 << 20)
+    """A byte copy that a polling Triton (or a killed run) never sees half-written."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
-    _atomic_write(dst, write)
+
+def _write_bytes(dst: Path, data: bytes) -> None:
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(data)
 
 
 def default_name(arch: str) -> str:
@@ -437,10 +421,10 @@ def _write_files(source: _Source, model_dir: Path, version: int, text: str) -> N
     labels = model_dir / LABELS_FILE
     if source.metadata.class_names:
         data = "".join(f"{c}\n" for c in source.metadata.class_names).encode()
-        _atomic_write(labels, lambda handle: handle.write(data))
+        _write_bytes(labels, data)
     elif labels.exists():
         labels.unlink()  # a stale list from an earlier model of this name
-    _atomic_write(model_dir / CONFIG_FILE, lambda handle: handle.write(text.encode()))
+    _write_bytes(model_dir / CONFIG_FILE, text.encode())
 
 
 # --------------------------------------------------------------------------- checking
