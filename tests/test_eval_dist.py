@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from stl_bench.evaluate.distributed import DistContext
+from stl_bench.distributed import DistContext
 from stl_bench.evaluate.harness import EvalSetup, evaluate
 from stl_bench.evaluate.loop import LoopConfig
 from stl_bench.evaluate.results import ResultStore

@@ -154,22 +154,6 @@ def _write_jpeg(path: Path, image) -> None:
             tmp.unlink()
 
 
-def _resolve_device(name: str):
-    import torch
-
-    from stl_bench.errors import StlBenchError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise StlBenchError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1): {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StlBenchError(f"--device {name} asked for CUDA, but torch sees no GPU here; use --device cpu")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stl_bench.data.corruptions import corrupt_batch, sample_seed
     from stl_bench.data.folders import ImageDataset, scan_image_folder
+    from stl_bench.distributed import resolve_device
     from stl_bench.errors import StlBenchError
 
     corruptions = _parse_corruptions(args.corruptions)
@@ -193,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         raise StlBenchError(f"DST {dst} is inside SRC {src}: the outputs would be read as inputs next time; "
                             "write them elsewhere")
     index = scan_image_folder(src)  # raises for a missing SRC, no class folders or no images
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     workers = min(4, os.cpu_count() or 1) if args.workers is None else max(0, args.workers)
 
     names = _output_names(src, index.samples, index.classes)

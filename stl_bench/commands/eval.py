@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import stl_bench
     from stl_bench.deploy import runner as runner_mod
     from stl_bench.errors import StlBenchError
-    from stl_bench.evaluate.distributed import DistContext
+    from stl_bench.distributed import DistContext
     from stl_bench.evaluate.harness import EvalSetup, evaluate
     from stl_bench.evaluate.leaderboard import update_leaderboard
     from stl_bench.evaluate.loop import LoopConfig
@@ -130,18 +130,10 @@ def run(args: argparse.Namespace) -> int:
     options = SuiteOptions(**options_kwargs)
     reference = resolve_reference(args.normalizer)  # fail before the model loads
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if args.device:
-        device = torch.device(args.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    dist = DistContext.from_env(args.device)
+    device = dist.device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None,
            "auto": torch.bfloat16 if device.type == "cuda" else None}[args.amp]
-    dist = DistContext.from_env(device)
 
     runner = runner_mod.open_runner(args.source, model_name=args.model, device=device, head=args.head,
                                     use_ema=args.ema, num_classes=args.num_classes, amp_dtype=amp,

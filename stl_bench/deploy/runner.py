@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from stl_bench.fan.model import fuse_token_head  # noqa: F401  (re-exported for the runners)
+
 
 @dataclass
 class Prediction:
@@ -93,11 +95,6 @@ class TorchRunner(Runner):
                 logits = fuse_token_head(cls_logits, token_logits) if self.info.head == "fused" else cls_logits
                 return Prediction(logits.float(), token_logits.float())
             return Prediction(self.model(x).float())
-
-
-def fuse_token_head(cls_logits: torch.Tensor, token_logits: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
-    """The official STL evaluation score: class logits + weight x per-class max over tokens."""
-    return cls_logits + weight * token_logits.max(dim=1).values
 
 
 HEADS = ("auto", "cls", "fused")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from stl_bench.deploy.runner import Runner
-from stl_bench.evaluate.distributed import DistContext
+from stl_bench.distributed import DistContext
 from stl_bench.evaluate.loop import LoopConfig, ViewTransform, run_pass
 from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.evaluate.results import ResultStore, StoredCell

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from stl_bench.data.folders import ImageDataset, collate_skip_bad
 from stl_bench.deploy.runner import Runner
-from stl_bench.evaluate.distributed import DistContext
+from stl_bench.distributed import DistContext
 from stl_bench.evaluate.metrics import CellCounts
 from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.evaluate.suites import CellKey, Pass, View

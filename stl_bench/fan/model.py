@@ -47,6 +47,17 @@ OutputMode = Literal["cls", "pair", "fused"]
 TOKEN_FUSION_WEIGHT = 0.5  # the official evaluation head: cls + 0.5 * max over tokens
 
 
+def fuse_token_head(cls_logits: torch.Tensor, token_logits: torch.Tensor,
+                    weight: float = TOKEN_FUSION_WEIGHT) -> torch.Tensor:
+    """The official STL evaluation score: class logits [B, C] + weight x per-class max over tokens [B, N, C].
+
+    The one place the fused head is computed: the model's "fused" output, the runners
+    (which fuse the two outputs of an exported graph), the trainer's validation and the
+    benchmarks all call it.
+    """
+    return cls_logits + weight * token_logits.max(dim=1).values
+
+
 def _init_linear(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
@@ -553,7 +564,7 @@ class FAN(nn.Module):
         token_logits = self.aux_head(x[:, 1:])
         if self.output == "pair":
             return logits, token_logits
-        return logits + TOKEN_FUSION_WEIGHT * token_logits.max(dim=1).values
+        return fuse_token_head(logits, token_logits)
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class logits [B, C], per-patch token logits [B, N, C]), whatever `output` says."""
