@@ -40,7 +40,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, PositionalEncodingFourier
 
-__all__ = ["FAN", "checkpoint_filter_fn", "OUTPUT_MODES"]
+__all__ = ["FAN", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head", "OUTPUT_MODES"]
 
 OUTPUT_MODES = ("cls", "pair", "fused")
 OutputMode = Literal["cls", "pair", "fused"]
@@ -575,6 +575,25 @@ class FAN(nn.Module):
 
     def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))
+
+
+class TokenPairForward(nn.Module):
+    """`forward` = the wrapped token model's `forward_tokens`: (class logits, token logits).
+
+    The model's own `forward` returns one tensor (volo's rule: one return type per
+    method). Training needs the pair through `forward` so DistributedDataParallel's
+    hooks see every parameter, and export needs it as the graph's two outputs: both wrap
+    the model in this (it has no parameters of its own; `wrapper.model` is the model).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not getattr(model, "has_token_head", False):
+            raise ValueError("TokenPairForward needs a token-label model (a `*_token` variant)")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_tokens(x)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FAN) -> dict[str, torch.Tensor]:
