@@ -9,7 +9,7 @@ import io
 import math
 from pathlib import Path
 
-from stl_bench.evaluate.alexnet import EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS
+from stl_bench.data.corruptions.names import EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS
 from stl_bench.evaluate.metrics import CorruptionReport
 from stl_bench.evaluate.results import atomic_write_bytes
 

@@ -21,7 +21,7 @@ import torch
 
 from stl_bench.data.folders import FolderIndex, list_class_folders, scan_image_folder
 from stl_bench.errors import StlBenchError
-from stl_bench.evaluate.alexnet import ALL_CORRUPTIONS, CATEGORIES, SEVERITIES
+from stl_bench.data.corruptions.names import ALL_CORRUPTIONS, CATEGORIES, SEVERITIES
 
 log = logging.getLogger(__name__)
 
