@@ -90,6 +90,8 @@ def evaluate(
         for p in plan.passes:
             for v in p.views:
                 setups[v.key] = cell_setup(v.key, setup, plan.spec.kind, options)
+    if dist.is_main:  # the one writer: no other process is mid-file in the store now
+        store.remove_stale_temporaries()
     done_keys = dist.broadcast(sorted(store.usable(setups)) if dist.is_main else None)
     done = set(done_keys)
     outcome = EvalOutcome(plans=plans, cells={})

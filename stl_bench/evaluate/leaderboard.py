@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from stl_bench.errors import StlBenchError
-from stl_bench.evaluate.results import atomic_write_text
+from stl_bench.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def update_leaderboard(path: Path | str, row: dict[str, Any]):
     with _locked(path):
         table = pd.read_csv(path, dtype={"checkpoint": str}) if path.is_file() else None
         merged = merge_row(table, row)
-        atomic_write_text(path, merged.to_csv(index=False, float_format="%.4f"))
+        write_text(path, merged.to_csv(index=False, float_format="%.4f"))
     return merged
 
 
