@@ -54,13 +54,14 @@ def _parse_corruptions(text: str) -> list[str]:
 
 
 def _parse_severities(text: str) -> list[int]:
+    from stl_bench.data.corruptions.names import SEVERITIES
     from stl_bench.errors import StlBenchError
 
     values: list[int] = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
-        if not item.isdigit() or not 1 <= int(item) <= 5:
+        if not item.isdigit() or int(item) not in SEVERITIES:
             raise StlBenchError(f"--severities takes integers 1..5 separated by commas, got {item!r}")
         if int(item) not in values:
             values.append(int(item))

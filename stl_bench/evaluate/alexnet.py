@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 # The names are defined once, in data/corruptions/names.py; re-exported for the tables' readers.
-from stl_bench.data.corruptions.names import (  # noqa: F401
+from stl_bench.data.corruptions.names import (
     ALL_CORRUPTIONS,
     CATEGORIES,
     EXTRA_CORRUPTIONS,
@@ -53,3 +53,8 @@ ALEXNET_MEAN_ERROR: Mapping[str, float] = MappingProxyType({
     "speckle_noise": 0.845388, "gaussian_blur": 0.787108, "spatter": 0.717512, "saturate": 0.658248,
 })
 """Mean over severities 1-5, as the original ImageNet-C code normalises by."""
+
+__all__ = [
+    "ALEXNET_CLEAN_ERROR", "ALEXNET_ERROR_BY_SEVERITY", "ALEXNET_MEAN_ERROR",
+    "ALL_CORRUPTIONS", "CATEGORIES", "EXTRA_CORRUPTIONS", "SEVERITIES", "STANDARD_CORRUPTIONS",
+]
