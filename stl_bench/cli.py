@@ -1,8 +1,10 @@
 """The `stl-bench` command line: one entry point, one module per verb.
 
-Sub-commands live in `stl_bench.commands`; each is discovered here so that the CLI
-never needs editing when a capability is added. User errors (`StlBenchError`) are
-printed as one line without a traceback, and the exit code is non-zero.
+Sub-commands live in `stl_bench.commands`, one module each, listed by name in
+`COMMANDS`: the table is the one place that says which commands exist and in which
+order `--help` shows them (grep finds them; a helper module beside them is just a
+helper). User errors (`StlBenchError`) are printed as one line without a traceback,
+and the exit code is non-zero.
 """
 from __future__ import annotations
 
@@ -10,22 +12,20 @@ import argparse
 import importlib
 import logging
 import os
-import pkgutil
 import sys
 from types import ModuleType
 
 from stl_bench import __version__
 from stl_bench.errors import StlBenchError
 
-_ORDER = ["demo", "models", "train", "label", "eval", "leaderboard", "corrupt", "export", "bench", "serve", "app"]
+COMMANDS: tuple[str, ...] = (
+    "demo", "models", "train", "label", "eval", "leaderboard", "corrupt", "export", "bench", "serve", "app",
+)
+"""The `stl_bench.commands` modules that are sub-commands, in display order."""
 
 
 def _command_modules() -> list[ModuleType]:
-    import stl_bench.commands as pkg
-
-    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
-    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
-    return [importlib.import_module(f"stl_bench.commands.{n}") for n in names]
+    return [importlib.import_module(f"stl_bench.commands.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

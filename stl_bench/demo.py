@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stl_bench.errors import StlBenchError
+from stl_bench.io import atomic_folder, is_temporary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -121,15 +122,16 @@ def inc_subset(cfg: DemoConfig, data: Path) -> Path:
     target = cfg.inc_folder
     if (target / ".complete").exists():
         return target
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for class_dir in sorted(p for p in (data / "val").iterdir() if p.is_dir()):
-        (staging / class_dir.name).mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[: cfg.inc_per_class]:
-            shutil.copy2(image, staging / class_dir.name / image.name)
-    (staging / ".complete").write_text("")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    shutil.rmtree(target, ignore_errors=True)  # incomplete: an older layout's, or the user's
+    for stale in target.parent.glob(f".{target.name}.*"):  # a killed demo's half-copied subset
+        if is_temporary(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    with atomic_folder(target) as staging:
+        for class_dir in sorted(p for p in (data / "val").iterdir() if p.is_dir()):
+            (staging / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[: cfg.inc_per_class]:
+                shutil.copy2(image, staging / class_dir.name / image.name)
+        (staging / ".complete").write_text("")
     return target
 
 

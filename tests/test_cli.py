@@ -93,3 +93,26 @@ def test_parser_builds_without_heavy_imports():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
     assert build_parser().prog == "stl-bench"
+
+
+def test_the_command_table_is_the_one_list_and_helpers_are_ignored(tmp_path, monkeypatch):
+    """Only the modules named in COMMANDS are commands, in its order; any other module is left alone."""
+    import pkgutil
+
+    import stl_bench.cli as cli
+    import stl_bench.commands as pkg
+
+    modules = _command_modules()
+    assert [m.NAME for m in modules] == list(cli.COMMANDS)
+    on_disk = {m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")}
+    assert set(cli.COMMANDS) <= on_disk
+    # a helper module beside the commands (no NAME, no run) and a broken extra module
+    extra = tmp_path / "extra_commands"
+    extra.mkdir()
+    (extra / "_util.py").write_text("def shared_flag(p):\n    pass\n")
+    (extra / "helpers.py").write_text("raise RuntimeError('not a command and never imported')\n")
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(extra)])
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.dest == "command"]
+    assert list(actions[0].choices) == list(cli.COMMANDS)
+    assert main(["models"]) == 0

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from stl_bench.cli import main
+from stl_bench.errors import StlBenchError
+from stl_bench.io import is_temporary
 
 FAST = ["--corruptions", "gaussian_noise,fog", "--severities", "1,3", "--workers", "0", "--no-progress"]
 
@@ -59,6 +61,26 @@ def test_layout_and_resume(tree, tmp_path, caplog):
     assert "1 outputs to write" in caplog.text
     assert lost.read_bytes() == before
     assert not [p for p in dst.rglob("*.tmp")]
+    assert not [p for p in dst.rglob(".*") if is_temporary(p)]
+
+
+def test_library_call_and_stale_temporaries_removed(tree, tmp_path):
+    """The tree writer is a library call; a killed run's temporaries are removed on start."""
+    from stl_bench.data.corruptions.tree import TreeRequest, write_imagenet_c_tree
+
+    dst = tmp_path / "out"
+    stale = dst / "fog" / "1" / "cat" / ".img0.JPEG.k3j2x.tmp.JPEG"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a jpeg")
+    request = TreeRequest(tree, dst, ["fog"], [1], size=0, workers=0, progress=False)
+    report = write_imagenet_c_tree(request)
+    assert (report.images, report.written, report.already, report.unreadable) == (4, 4, 0, [])
+    assert not stale.exists()
+    assert _outputs(dst) == sorted(f"fog/1/{c}/img{i}.JPEG" for c in ("cat", "dog") for i in (0, 1))
+    again = write_imagenet_c_tree(request)
+    assert (again.written, again.already) == (0, 4)
+    with pytest.raises(StlBenchError, match="--batch-size must be at least 1"):
+        TreeRequest(tree, dst, ["fog"], [1], batch_size=0)
 
 
 def test_imagenet_c_geometry_by_default(tree, tmp_path):

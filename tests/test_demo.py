@@ -74,3 +74,24 @@ def test_demo_rerun_reuses_finished_steps(demo_run, capsys):
     assert "open the app on these models: stl-bench app" in out
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing retrained or re-exported
     assert all(p.stat().st_mtime_ns == t for p, t in cells.items())  # no cell recomputed
+
+
+def test_inc_subset_is_written_whole_and_a_killed_copy_is_cleaned(tmp_path):
+    """The IN-C subset folder appears complete or not at all (io.atomic_folder)."""
+    from stl_bench.demo import DemoConfig, inc_subset
+
+    data = tmp_path / "data"
+    for c in ("0", "1"):
+        (data / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            (data / "val" / c / f"digit_{i}.png").write_bytes(b"png")
+    cfg = DemoConfig(output=tmp_path / "runs", inc_per_class=2)
+    stale = cfg.inc_folder.parent / f".{cfg.inc_folder.name}.abc123.tmp"  # a killed demo's copy
+    (stale / "0").mkdir(parents=True)
+    target = inc_subset(cfg, data)
+    assert target == cfg.inc_folder and (target / ".complete").is_file()
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.png")) == [
+        "0/digit_0.png", "0/digit_1.png", "1/digit_0.png", "1/digit_1.png"]
+    assert not stale.exists()
+    assert inc_subset(cfg, data) == target  # complete: reused as it is
+    assert inc_subset(DemoConfig(output=tmp_path / "runs", inc_per_class=None), data) == data / "val"

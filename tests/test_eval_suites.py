@@ -13,7 +13,8 @@ from stl_bench.evaluate.harness import EvalSetup, evaluate
 from stl_bench.evaluate.loop import LoopConfig
 from stl_bench.evaluate.reference import alexnet_reference, load_reference_csv
 from stl_bench.evaluate.report import long_table, summarize
-from stl_bench.evaluate.results import ResultStore, atomic_write_text
+from stl_bench.evaluate.results import ResultStore
+from stl_bench.io import write_text
 from stl_bench.evaluate.suites import CellKey, SuiteOptions, SuiteSpec, subset_indices
 from test_eval_kit import A_WNIDS, R_WNIDS, WNIDS, logits_table, make_runner, write_coded
 
@@ -219,7 +220,7 @@ def test_reference_csv_normaliser_for_a_10_class_set(tmp_path):
             ref_spec[100 + 10 * s + i] = {0: 1.0}             # class 0 right, class 1 wrong: error 0.5
             model_spec[100 + 10 * s + i] = {0: 1.0} if i < 1 else {1: 1.0}
     ref_out, _ = run(make_runner(logits_table(10, ref_spec)), specs, tmp_path / "ref", opts)
-    atomic_write_text(tmp_path / "ref.csv", long_table(ref_out.cells).to_csv(index=False))
+    write_text(tmp_path / "ref.csv", long_table(ref_out.cells).to_csv(index=False))
     reference = load_reference_csv(tmp_path / "ref.csv")
     assert reference.clean_error == 0.0 and reference.errors["gaussian_noise"][3] == 0.5
     out = evaluate(make_runner(logits_table(10, model_spec)), specs, opts, ResultStore(tmp_path / "m"), SETUP,

@@ -78,3 +78,15 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
         bad += batch.bad_indices
     assert seen == len(index.samples) - 2
     assert sorted(index.samples[i][0].name for i in bad) == ["1.png", "2.png"]
+
+
+def test_unknown_class_folder_check_is_one_function(tmp_path):
+    from stl_bench.data.folders import check_known_classes
+
+    check_known_classes(tmp_path, ["a", "b"], {"a", "b", "c"})  # all known: silent
+    with pytest.raises(StlBenchError) as exc:
+        check_known_classes(tmp_path, ["a", "x", "y"], ["a"], what="among the model's 1 classes",
+                            fix="use another model", context="in-v2")
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path} (in-v2): 2 of its 3 class folders (x, y) are not among the model's 1 classes")
+    assert msg.endswith("use another model")

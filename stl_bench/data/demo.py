@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from stl_bench.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def ensure_demo_data(root: Path | str | None = None) -> Path:
 
     Idempotent and safe against a killed or concurrent writer: the tree is built in a
     temporary folder beside `root` and renamed into place, so `root` is either absent or
-    complete (a half-written temporary folder is ignored and later cleaned up).
+    complete (`stl_bench.io.atomic_folder`; a half-written temporary folder is ignored).
     """
     root = Path(root).expanduser() if root is not None else default_demo_root()
     if (root / _MARKER).is_file():
@@ -78,22 +78,13 @@ def ensure_demo_data(root: Path | str | None = None) -> Path:
         raise StlBenchError(
             f"{root} exists but is not a complete demo data folder; remove it or pass another location"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        log.info("writing the demo digits data set to %s", root)
-        _write_tree(tmp)
-        if root.exists():
-            root.rmdir()  # an empty folder left by the user; rename needs it gone
-        os.replace(tmp, root)
+        with atomic_folder(root) as tmp:
+            log.info("writing the demo digits data set to %s", root)
+            _write_tree(tmp)
     except OSError:
-        # Another process finished first: its tree is complete, ours is redundant.
+        # Another process finished first (the rename found its full tree): ours is redundant.
         if (root / _MARKER).is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
             return root
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root

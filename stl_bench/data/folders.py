@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, NamedTuple, Sequence
+from typing import BinaryIO, Callable, Collection, NamedTuple, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -56,6 +56,31 @@ def list_class_folders(root: Path | str, numeric: bool = False) -> list[str]:
     return sorted(names, key=_natural_key) if numeric else sorted(names)
 
 
+def check_known_classes(
+    root: Path,
+    folders: Sequence[str],
+    known: Collection[str],
+    what: str = "in the expected class list",
+    fix: str = "is this the right data set for the model?",
+    context: str | None = None,
+) -> None:
+    """Raise when a class folder of `root` is not one of the `known` class names.
+
+    The one check for "this folder belongs to another data set": training folders,
+    IN-1K val, IN-V2 and the demo all meet it; `what`, `fix` and `context` (the suite)
+    let each caller say it in its own terms.
+    """
+    known = known if isinstance(known, (set, frozenset, dict)) else set(known)
+    unknown = [f for f in folders if f not in known]
+    if not unknown:
+        return
+    shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    where = f"{root} ({context})" if context else f"{root}"
+    raise StlBenchError(
+        f"{where}: {len(unknown)} of its {len(folders)} class folders ({shown}) are not {what}; {fix}"
+    )
+
+
 def scan_image_folder(
     root: Path | str,
     classes: Sequence[str] | None = None,
@@ -75,13 +100,7 @@ def scan_image_folder(
     else:
         classes = list(classes)
         index = {c: i for i, c in enumerate(classes)}
-        unknown = [f for f in found if f not in index]
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise StlBenchError(
-                f"{root} has {len(unknown)} class folder(s) that are not in the expected class list "
-                f"({shown}); is this the right data set for the model?"
-            )
+        check_known_classes(root, found, index)
     samples: list[tuple[Path, int]] = []
     for name in found:
         files = sorted(

@@ -10,27 +10,14 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-STANDARD_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog",
-    "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+# The names are defined once, in data/corruptions/names.py; re-exported for the tables' readers.
+from stl_bench.data.corruptions.names import (
+    ALL_CORRUPTIONS,
+    CATEGORIES,
+    EXTRA_CORRUPTIONS,
+    SEVERITIES,
+    STANDARD_CORRUPTIONS,
 )
-"""The 15 corruptions mCE averages over, in the ImageNet-C paper's order."""
-
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-"""The 4 held-out corruptions: reported apart, never part of mCE."""
-
-CATEGORIES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog"),
-    "digital": ("brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-    "extra": EXTRA_CORRUPTIONS,
-})
-"""Category folders some ImageNet-C copies keep (`noise/gaussian_noise/3/...`)."""
-
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 ALEXNET_CLEAN_ERROR = 0.4348
 """torchvision AlexNet's ImageNet-1K val top-1 error (top-1 56.52 %)."""
@@ -67,4 +54,7 @@ ALEXNET_MEAN_ERROR: Mapping[str, float] = MappingProxyType({
 })
 """Mean over severities 1-5, as the original ImageNet-C code normalises by."""
 
-ALL_CORRUPTIONS: tuple[str, ...] = STANDARD_CORRUPTIONS + EXTRA_CORRUPTIONS
+__all__ = [
+    "ALEXNET_CLEAN_ERROR", "ALEXNET_ERROR_BY_SEVERITY", "ALEXNET_MEAN_ERROR",
+    "ALL_CORRUPTIONS", "CATEGORIES", "EXTRA_CORRUPTIONS", "SEVERITIES", "STANDARD_CORRUPTIONS",
+]

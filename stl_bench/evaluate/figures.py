@@ -9,9 +9,9 @@ import io
 import math
 from pathlib import Path
 
-from stl_bench.evaluate.alexnet import EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS
+from stl_bench.data.corruptions.names import EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS
 from stl_bench.evaluate.metrics import CorruptionReport
-from stl_bench.evaluate.results import atomic_write_bytes
+from stl_bench.io import write_bytes
 
 
 def plot_ce(report: CorruptionReport, model: str, reference: str, path: Path | str) -> Path:
@@ -40,5 +40,5 @@ def plot_ce(report: CorruptionReport, model: str, reference: str, path: Path | s
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    write_bytes(Path(path), buf.getvalue())
     return Path(path)

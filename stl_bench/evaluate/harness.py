@@ -85,11 +85,10 @@ def evaluate(
     classes = ModelClasses.of(runner.info.num_classes, runner.info.class_names)
     plans = [plan_suite(spec, classes, options) for spec in specs]
 
-    setups: dict[CellKey, dict[str, Any]] = {}
-    for plan in plans:
-        for p in plan.passes:
-            for v in p.views:
-                setups[v.key] = cell_setup(v.key, setup, plan.spec.kind, options)
+    setups = {v.key: cell_setup(v.key, setup, plan.spec.kind, options)
+              for plan in plans for p in plan.passes for v in p.views}
+    if dist.is_main:  # the one writer: no other process is mid-file in the store now
+        store.remove_stale_temporaries()
     done_keys = dist.broadcast(sorted(store.usable(setups)) if dist.is_main else None)
     done = set(done_keys)
     outcome = EvalOutcome(plans=plans, cells={})
@@ -122,20 +121,26 @@ def evaluate(
                     result = run_pass(runner, pass_, chunk, prep, loop, dist,
                                       view_transform if pass_.geometry == "inc-source" else None,
                                       progress=bar.update if bar is not None else None)
-                    per_cell = result.seconds / len(chunk)
-                    for key, counts in result.counts.items():
-                        if dist.is_main:
-                            store.save(key, counts, setups[key], per_cell)
-                        outcome.computed.append(key)
-                        outcome.images_scored += counts.n
-                    outcome.seconds += result.seconds
-                    outcome.bad_files.extend(result.bad_files)
+                    _record(outcome, result, len(chunk), store, setups, dist)
                     if budget is not None:
                         budget -= len(chunk)
         finally:
             if bar is not None:
                 bar.close()
     return _finish(outcome, store, setups, dist)
+
+
+def _record(outcome: EvalOutcome, result: Any, n_views: int, store: ResultStore,
+            setups: dict[CellKey, dict[str, Any]], dist: DistContext) -> None:
+    """Save a pass's finished cells (rank 0) and add them to the outcome (every rank)."""
+    per_cell = result.seconds / n_views
+    for key, counts in result.counts.items():
+        if dist.is_main:
+            store.save(key, counts, setups[key], per_cell)
+        outcome.computed.append(key)
+        outcome.images_scored += counts.n
+    outcome.seconds += result.seconds
+    outcome.bad_files.extend(result.bad_files)
 
 
 def _finish(outcome: EvalOutcome, store: ResultStore, setups: dict[CellKey, dict[str, Any]],

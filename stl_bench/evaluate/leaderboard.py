@@ -15,10 +15,10 @@ import contextlib
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator, Sequence
 
 from stl_bench.errors import StlBenchError
-from stl_bench.evaluate.results import atomic_write_text
+from stl_bench.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,60 @@ def merge_row(table, row: dict[str, Any]):
     return table[_ordered(list(table.columns))]
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def _versions() -> str:
+    import timm
+    import torch
+
+    import stl_bench
+
+    return f"stl-bench {stl_bench.__version__}, torch {torch.__version__}, timm {timm.__version__}"
+
+
+def leaderboard_row(
+    setup: Any,
+    summary: Any,
+    *,
+    params: int | None,
+    input_size: Sequence[int],
+    backend: str,
+    images_per_s: float,
+    checkpoint_path: str | None,
+    kinds: Collection[str],
+    options: Any,
+    normalizer: str,
+) -> dict[str, Any]:
+    """One run's row: its key (`setup`'s KEY_COLUMNS), facts about the run, then its metrics.
+
+    `summary` is the report's `Summary` and `options` the run's `SuiteOptions`. A setting
+    is recorded only when a suite that depends on it ran (the IN-A/IN-R mode with IN-A or
+    IN-R, the CE reference and the IN-C mode with IN-C), so that merging never clears
+    metrics over a setting this run did not use.
+    """
+    import datetime
+
+    inc = "in-c" in kinds
+    return {
+        **{k: getattr(setup, k) for k in KEY_COLUMNS},
+        "params": params,
+        "input_size": "x".join(str(v) for v in input_size),
+        "backend": backend,
+        "images_per_s": _round(images_per_s, 2),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "checkpoint_path": str(checkpoint_path) if checkpoint_path else "",
+        "a_r_mode": options.a_r_mode if set(kinds) & {"in-a", "in-r"} else None,
+        "normalizer": normalizer if inc else None,
+        "inc_mode": ("on-the-fly" if options.inc_on_the_fly else "files") if inc else None,
+        "bad_images": summary.bad_images,
+        "notes": "; ".join(summary.notes) or None,
+        **{k: _round(v, 4) for k, v in summary.metrics.items()},
+    }
+
+
 def update_leaderboard(path: Path | str, row: dict[str, Any]):
     """Merge `row` into the CSV at `path` (created if absent) and rewrite it atomically."""
     import pandas as pd
@@ -123,7 +177,7 @@ def update_leaderboard(path: Path | str, row: dict[str, Any]):
     with _locked(path):
         table = pd.read_csv(path, dtype={"checkpoint": str}) if path.is_file() else None
         merged = merge_row(table, row)
-        atomic_write_text(path, merged.to_csv(index=False, float_format="%.4f"))
+        write_text(path, merged.to_csv(index=False, float_format="%.4f"))
     return merged
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from stl_bench.evaluate.alexnet import EXTRA_CORRUPTIONS, SEVERITIES, STANDARD_CORRUPTIONS
+from stl_bench.data.corruptions.names import EXTRA_CORRUPTIONS, SEVERITIES, STANDARD_CORRUPTIONS
 from stl_bench.evaluate.reference import CEReference
 
 ECE_BINS = 15

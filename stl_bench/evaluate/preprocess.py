@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -37,8 +38,8 @@ class Preprocessing:
     input_size: tuple[int, int]
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
     @classmethod
     def from_data_config(cls, cfg: Mapping[str, Any]) -> "Preprocessing":

@@ -1,8 +1,9 @@
 """The resumable result store: one small JSON file per finished cell, written atomically.
 
 A full IN-C evaluation is 95 cells; a job killed after 60 of them should not redo them.
-Each cell is saved the moment its counts are summed, to a temporary file renamed into
-place, so a kill leaves either the whole cell or nothing. Each cell records the setup
+Each cell is saved the moment its counts are summed, through `stl_bench.io` (a temporary
+file renamed into place), so a kill leaves either the whole cell or nothing; the
+temporaries a kill leaves are removed when the next run starts. Each cell records the setup
 it was computed with (checkpoint, head, weights, preprocessing, scoring mode): a cell
 made with another setup is stale and computed again, never mixed in.
 """
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,31 +18,11 @@ from typing import Any
 from stl_bench.errors import StlBenchError
 from stl_bench.evaluate.metrics import CellCounts
 from stl_bench.evaluate.suites import CellKey
+from stl_bench.io import remove_stale_temporaries, write_text
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @dataclass
@@ -68,7 +47,14 @@ class ResultStore:
     def save(self, key: CellKey, counts: CellCounts, setup: dict[str, Any], seconds: float) -> None:
         payload = {"version": STORE_VERSION, "key": asdict(key), "setup": setup,
                    "seconds": seconds, "counts": asdict(counts)}
-        atomic_write_text(self._path(key), json.dumps(payload, indent=1, sort_keys=True))
+        write_text(self._path(key), json.dumps(payload, indent=1, sort_keys=True))
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete cell files a killed run left half-written (call once, on the writing rank)."""
+        removed = remove_stale_temporaries(self.cell_dir)
+        if removed:
+            log.info("removed %d unfinished cell file(s) from %s", removed, self.cell_dir)
+        return removed
 
     def load(self) -> dict[CellKey, StoredCell]:
         cells: dict[CellKey, StoredCell] = {}

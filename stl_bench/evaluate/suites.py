@@ -19,9 +19,9 @@ from typing import Sequence
 
 import torch
 
-from stl_bench.data.folders import FolderIndex, list_class_folders, scan_image_folder
+from stl_bench.data.folders import FolderIndex, check_known_classes, list_class_folders, scan_image_folder
 from stl_bench.errors import StlBenchError
-from stl_bench.evaluate.alexnet import ALL_CORRUPTIONS, CATEGORIES, SEVERITIES
+from stl_bench.data.corruptions.names import ALL_CORRUPTIONS, CATEGORIES, SEVERITIES
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +189,9 @@ def scan_for_model(root: Path, classes: ModelClasses, suite: str) -> FolderIndex
             )
         return scan_image_folder(root, classes=[str(i) for i in range(classes.num_classes)])
     if classes.names is not None:
-        known = set(classes.names)
-        unknown = [f for f in folders if f not in known]
-        if unknown:
-            shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
-            raise StlBenchError(
-                f"{root} ({suite}): {len(unknown)} of its {len(folders)} class folders ({shown}) are not among "
-                f"the model's {classes.num_classes} classes; the model's class count or names do not fit this "
-                "data set"
-            )
+        check_known_classes(root, folders, classes.names, context=suite,
+                            what=f"among the model's {classes.num_classes} classes",
+                            fix="the model's class count or names do not fit this data set")
         return scan_image_folder(root, classes=list(classes.names))
     if len(folders) != classes.num_classes:
         raise StlBenchError(

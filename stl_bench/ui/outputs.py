@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -20,6 +19,8 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+
+from stl_bench.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,9 @@ class OutputFiles:
                 paths[name] = None
                 continue
             final = folder / f"{name}.png"
-            tmp = folder / f".{name}.png.tmp"
-            # level 3: a quarter of the default's encode time for these flat-colour maps
-            image.save(tmp, format="PNG", compress_level=3)
-            os.replace(tmp, final)
+            with atomic_path(final, suffix=".png") as tmp:
+                # level 3: a quarter of the default's encode time for these flat-colour maps
+                image.save(tmp, format="PNG", compress_level=3)
             paths[name] = str(final)
         return paths
 
