@@ -35,6 +35,7 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
 
     import stl_bench  # noqa: F401  (registers FAN)
     from stl_bench.data.token_labels import LabelMeta, LabelWriter, TokenLabelStore
+    from stl_bench.fan.model import TokenPairForward
     from stl_bench.stl.objectives import (
         BaselineObjective,
         OfflineLabels,
@@ -84,12 +85,15 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
+    # what the trainer calls: the model's own forward (class logits) for the baseline, the
+    # (class, token) pair through TokenPairForward for both stage-2 modes
+    nets = {"baseline": student, "online": TokenPairForward(student), "offline": TokenPairForward(student)}
+
     def one_step(name: str) -> float:
-        student.set_output("cls" if name == "baseline" else "pair")
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-            loss, _ = modes[name](student, inputs)
+            loss, _ = modes[name](nets[name], inputs)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -113,12 +117,12 @@ def data_rate(args: argparse.Namespace, clean: bool) -> float:
 
     from stl_bench.data.folders import ImageDataset, scan_image_folder
     from stl_bench.data.transforms import AugmentConfig, TrainViews, collate_views
-    from stl_bench.train import resolve_data_root
+    from stl_bench.train.data import resolve_data_root
 
     root = resolve_data_root(args.data) / "train"
     index = scan_image_folder(root)
     size = args.img_size or 32
-    views = TrainViews(AugmentConfig(img_size=(size, size)), clean=clean)
+    views = TrainViews(AugmentConfig(), (size, size), clean=clean)
     loader = DataLoader(ImageDataset(index.samples, views), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, collate_fn=collate_views, drop_last=True,
                         persistent_workers=args.workers > 0)
