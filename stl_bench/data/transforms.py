@@ -107,7 +107,8 @@ class TrainViews:
     RandAugment, in `grid_sample`'s [-1, 1] units, and 1.0 where that point lies inside
     the image (0.0 in fill). Without either the output is the ordinary timm training
     augmentation plus the recorded box and flip (cheap to carry, and what offline token
-    labels crop with).
+    labels crop with). `img_size`, `mean` and `std` are the model's (its pretrained_cfg),
+    not part of the recipe.
     """
 
     def __init__(
