@@ -30,11 +30,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _random_label_store(b: int, c: int, grid: tuple[int, int], topk: int):
+    """An offline label folder of `b` random label maps, bound to `b` stand-in file names."""
+    from stl_bench.data.token_labels import LabelMeta, LabelWriter, TokenLabelStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="stl_bench_labels_"))
+    files = [f"c/{i}.png" for i in range(b)]
+    writer = LabelWriter(tmp, LabelMeta(grid=grid, topk=topk, num_classes=c,
+                                        class_names=[str(i) for i in range(c)], files=files))
+    writer.write(torch.arange(b), torch.randn(b, grid[0] * grid[1], c).softmax(-1))
+    store = TokenLabelStore(writer.close())
+    store.bind(tmp, [(tmp / f, 0) for f in files], [str(i) for i in range(c)])
+    return store
+
+
 def step_times(args: argparse.Namespace) -> dict[str, float]:
     import timm
 
     import stl_bench  # noqa: F401  (registers FAN)
-    from stl_bench.data.token_labels import LabelMeta, LabelWriter, TokenLabelStore
     from stl_bench.fan.model import TokenPairForward
     from stl_bench.stl.objectives import (
         BaselineObjective,
@@ -58,13 +71,7 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
 
-    tmp = Path(tempfile.mkdtemp(prefix="stl_bench_labels_"))
-    files = [f"c/{i}.png" for i in range(b)]
-    writer = LabelWriter(tmp, LabelMeta(grid=grid, topk=args.topk, num_classes=c,
-                                        class_names=[str(i) for i in range(c)], files=files))
-    writer.write(torch.arange(b), torch.randn(b, grid[0] * grid[1], c).softmax(-1))
-    store = TokenLabelStore(writer.close())
-    store.bind(tmp, [(tmp / f, 0) for f in files], [str(i) for i in range(c)])
+    store = _random_label_store(b, c, grid, args.topk)
 
     x = torch.randn(b, 3, size, size, device=device)
     clean = torch.randn(b, 3, size, size, device=device)
