@@ -30,11 +30,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _random_label_store(b: int, c: int, grid: tuple[int, int], topk: int):
+    """An offline label folder of `b` random label maps, bound to `b` stand-in file names."""
+    from stl_bench.data.token_labels import LabelMeta, LabelWriter, TokenLabelStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="stl_bench_labels_"))
+    files = [f"c/{i}.png" for i in range(b)]
+    writer = LabelWriter(tmp, LabelMeta(grid=grid, topk=topk, num_classes=c,
+                                        class_names=[str(i) for i in range(c)], files=files))
+    writer.write(torch.arange(b), torch.randn(b, grid[0] * grid[1], c).softmax(-1))
+    store = TokenLabelStore(writer.close())
+    store.bind(tmp, [(tmp / f, 0) for f in files], [str(i) for i in range(c)])
+    return store
+
+
 def step_times(args: argparse.Namespace) -> dict[str, float]:
     import timm
 
     import stl_bench  # noqa: F401  (registers FAN)
-    from stl_bench.data.token_labels import LabelMeta, LabelWriter, TokenLabelStore
+    from stl_bench.fan.model import TokenPairForward
     from stl_bench.stl.objectives import (
         BaselineObjective,
         OfflineLabels,
@@ -57,13 +71,7 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
 
-    tmp = Path(tempfile.mkdtemp(prefix="stl_bench_labels_"))
-    files = [f"c/{i}.png" for i in range(b)]
-    writer = LabelWriter(tmp, LabelMeta(grid=grid, topk=args.topk, num_classes=c,
-                                        class_names=[str(i) for i in range(c)], files=files))
-    writer.write(torch.arange(b), torch.randn(b, grid[0] * grid[1], c).softmax(-1))
-    store = TokenLabelStore(writer.close())
-    store.bind(tmp, [(tmp / f, 0) for f in files], [str(i) for i in range(c)])
+    store = _random_label_store(b, c, grid, args.topk)
 
     x = torch.randn(b, 3, size, size, device=device)
     clean = torch.randn(b, 3, size, size, device=device)
@@ -84,12 +92,15 @@ def step_times(args: argparse.Namespace) -> dict[str, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
+    # what the trainer calls: the model's own forward (class logits) for the baseline, the
+    # (class, token) pair through TokenPairForward for both stage-2 modes
+    nets = {"baseline": student, "online": TokenPairForward(student), "offline": TokenPairForward(student)}
+
     def one_step(name: str) -> float:
-        student.set_output("cls" if name == "baseline" else "pair")
         _sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-            loss, _ = modes[name](student, inputs)
+            loss, _ = modes[name](nets[name], inputs)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -113,12 +124,12 @@ def data_rate(args: argparse.Namespace, clean: bool) -> float:
 
     from stl_bench.data.folders import ImageDataset, scan_image_folder
     from stl_bench.data.transforms import AugmentConfig, TrainViews, collate_views
-    from stl_bench.train import resolve_data_root
+    from stl_bench.train.data import resolve_data_root
 
     root = resolve_data_root(args.data) / "train"
     index = scan_image_folder(root)
     size = args.img_size or 32
-    views = TrainViews(AugmentConfig(img_size=(size, size)), clean=clean)
+    views = TrainViews(AugmentConfig(), (size, size), clean=clean)
     loader = DataLoader(ImageDataset(index.samples, views), batch_size=args.batch_size, shuffle=True,
                         num_workers=args.workers, collate_fn=collate_views, drop_last=True,
                         persistent_workers=args.workers > 0)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from stl_bench.data.batch_augment import BatchAugment, BatchRecipe
-from stl_bench.train_config import PRESETS, TrainConfig, resolve_config
+from stl_bench.data.batch_augment import BatchAugment
+from stl_bench.data.transforms import AugmentConfig
+from stl_bench.train.config import PRESETS, TrainConfig, resolve_config
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -15,8 +16,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_erasing_after_mix_leaves_unmixed_erased_regions() -> None:
     torch.manual_seed(0)
-    recipe = BatchRecipe(num_classes=4, mixup=1.0, cutmix=0.0, reprob=1.0, remode="const", erase_after_mix=True)
-    images, targets = BatchAugment(recipe)(*_batch())
+    recipe = AugmentConfig(mixup=1.0, cutmix=0.0, reprob=1.0, remode="const", erase_after_mix=True)
+    images, targets = BatchAugment(recipe, num_classes=4)(*_batch())
     mixed = (images != 0)
     # every image was mixed (no value of 1 or 2 survives outside the erased box) and erased (exact zeros)
     assert all((img == 0).any() for img in images)
@@ -26,13 +27,13 @@ def test_erasing_after_mix_leaves_unmixed_erased_regions() -> None:
 
 def test_no_batch_erasing_when_the_transform_erases() -> None:
     torch.manual_seed(0)
-    recipe = BatchRecipe(num_classes=4, mixup=1.0, cutmix=0.0, reprob=1.0, remode="const", erase_after_mix=False)
-    images, _ = BatchAugment(recipe)(*_batch())
+    recipe = AugmentConfig(mixup=1.0, cutmix=0.0, reprob=1.0, remode="const", erase_after_mix=False)
+    images, _ = BatchAugment(recipe, num_classes=4)(*_batch())
     assert not (images == 0).any()
 
 
 def test_without_mixing_targets_are_smoothed_one_hots() -> None:
-    aug = BatchAugment(BatchRecipe(num_classes=4, mixup=0.0, cutmix=0.0, reprob=0.0, smoothing=0.1))
+    aug = BatchAugment(AugmentConfig(mixup=0.0, cutmix=0.0, reprob=0.0, smoothing=0.1), num_classes=4)
     assert not aug.pairs_images
     _, targets = aug(*_batch())
     assert torch.allclose(targets.max(-1).values, torch.full((8,), 0.925))

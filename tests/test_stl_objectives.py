@@ -9,6 +9,7 @@ import torch
 
 import stl_bench  # noqa: F401  (registers the FAN models)
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import TokenPairForward
 from stl_bench.stl.gumbel import smooth
 from stl_bench.stl.objectives import (
     BaselineObjective,
@@ -48,9 +49,9 @@ def _batch(b: int = 4) -> StepInputs:
 
 
 def test_labeler_loss_is_class_plus_mean_token_loss() -> None:
-    model = _nano().set_output("pair")
+    model = _nano()
     batch = _batch()
-    loss, parts = LabelerObjective()(model, batch)
+    loss, parts = LabelerObjective()(TokenPairForward(model), batch)
     cls_logits, tokens = model.forward_tokens(batch.images)
     expect = _soft_ce(cls_logits, batch.targets) + _soft_ce(tokens.mean(1), batch.targets)
     assert torch.allclose(loss, expect, atol=1e-5)
@@ -61,10 +62,10 @@ def test_labeler_loss_is_class_plus_mean_token_loss() -> None:
 
 def test_student_loss_uses_the_teacher_on_the_clean_view() -> None:
     torch.manual_seed(0)
-    student, teacher = _nano().set_output("pair").train(), _nano()
+    student, teacher = _nano().train(), _nano()
     batch = _batch()
     source = OnlineTeacher(teacher, mode="argmax", smoothing=0.1)
-    loss, _ = StudentObjective(source, cls_weight=1.0, dense_weight=0.5)(student, batch)
+    loss, _ = StudentObjective(source, cls_weight=1.0, dense_weight=0.5)(TokenPairForward(student), batch)
     cls_logits, tokens = student.forward_tokens(batch.images)
     t_tokens = teacher.forward_tokens(batch.clean)[1]
     labels = smooth(torch.nn.functional.one_hot(t_tokens.argmax(-1), 10).float(), 0.1)

@@ -22,14 +22,15 @@ def _seed(s: int) -> None:
     torch.manual_seed(s)
 
 
-CFG = AugmentConfig(img_size=(32, 32), scale=(0.3, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", reprob=1.0)
+CFG = AugmentConfig(scale=(0.3, 1.0), hflip=0.5, aa="rand-m9-mstd0.5-inc1", reprob=1.0, erase_after_mix=False)
+SIZE = (32, 32)
 
 
 def test_clean_view_equals_student_view_without_colour_ops_and_erasing() -> None:
-    paired = TrainViews(CFG, clean=True)
+    paired = TrainViews(CFG, SIZE, clean=True)
     # The reference: the same recipe with every colour op made a no-op and no erasing.
     # Its ops still draw the same random numbers, so with equal seeds the geometry matches.
-    reference = TrainViews(AugmentConfig(**{**CFG.__dict__, "reprob": 0.0}), clean=False)
+    reference = TrainViews(AugmentConfig(**{**CFG.__dict__, "reprob": 0.0}), SIZE, clean=False)
     for op in reference.randaug.ops:
         if op.name not in GEOMETRIC_OPS:
             op.aug_fn = lambda img, *args, **kwargs: img
@@ -47,9 +48,8 @@ def test_clean_view_equals_student_view_without_colour_ops_and_erasing() -> None
 
 
 def test_geometric_ops_are_replayed_with_the_same_magnitude() -> None:
-    cfg = AugmentConfig(img_size=(32, 32), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
-                        auto_augment="rand-n1-m9-mstd0.5-inc1", reprob=0.0)
-    views = TrainViews(cfg, clean=True)
+    cfg = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, aa="rand-n1-m9-mstd0.5-inc1", reprob=0.0)
+    views = TrainViews(cfg, (32, 32), clean=True)
     for op in views.randaug.ops:
         op.prob = 1.0
     seen_geometric = 0
@@ -65,13 +65,12 @@ def test_geometric_ops_are_replayed_with_the_same_magnitude() -> None:
 
 
 def test_box_and_flip_describe_the_crop() -> None:
-    cfg = AugmentConfig(img_size=(16, 16), scale=(0.2, 0.5), hflip=1.0, auto_augment=None, reprob=0.0,
-                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bilinear")
+    cfg = AugmentConfig(scale=(0.2, 0.5), hflip=1.0, aa=None, reprob=0.0, train_interpolation="bilinear")
     # a horizontal ramp: the crop's mean colour tells where it was taken, the flip reverses it
     ramp = np.tile(np.linspace(0, 255, 200, dtype=np.float32), (100, 1))
     img = Image.fromarray(np.stack([ramp] * 3, -1).astype(np.uint8))
     _seed(3)
-    out = TrainViews(cfg)(img)
+    out = TrainViews(cfg, (16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(img)
     x1, y1, x2, y2 = out["box"].tolist()
     assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
     assert bool(out["flip"])
@@ -81,7 +80,7 @@ def test_box_and_flip_describe_the_crop() -> None:
 
 
 def test_single_view_has_no_clean_tensor() -> None:
-    out = TrainViews(CFG)(_photo())
+    out = TrainViews(CFG, SIZE)(_photo())
     assert "clean" not in out and out["image"].shape == (3, 32, 32)
 
 
@@ -110,10 +109,9 @@ def _classes_seen(image: torch.Tensor, grid: int = 8) -> np.ndarray:
 def test_offline_label_maps_follow_rotation_shear_and_translation() -> None:
     from stl_bench.data.token_labels import crop_label_maps, warp_label_maps
 
-    cfg = AugmentConfig(img_size=(64, 64), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5,
-                        auto_augment="rand-n2-m9-mstd0.5-inc1", reprob=0.0, interpolation="bilinear",
-                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    views = TrainViews(cfg, warp_grid=(8, 8))
+    cfg = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, aa="rand-n2-m9-mstd0.5-inc1", reprob=0.0,
+                        train_interpolation="bilinear")
+    views = TrainViews(cfg, (64, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), warp_grid=(8, 8))
     views.randaug.ops = [op for op in views.randaug.ops if op.name in GEOMETRIC_OPS]
     for op in views.randaug.ops:
         op.prob = 1.0
@@ -138,8 +136,8 @@ def test_offline_label_maps_follow_rotation_shear_and_translation() -> None:
 
 
 def test_warp_is_the_identity_without_geometric_ops() -> None:
-    cfg = AugmentConfig(img_size=(32, 32), scale=(0.5, 1.0), auto_augment=None, reprob=0.0)
-    out = TrainViews(cfg, warp_grid=(4, 4))(_photo())
+    cfg = AugmentConfig(scale=(0.5, 1.0), aa=None, reprob=0.0)
+    out = TrainViews(cfg, (32, 32), warp_grid=(4, 4))(_photo())
     from stl_bench.data.token_labels import warp_label_maps
 
     maps = torch.rand(1, 5, 4, 4)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stl_bench.errors import StlBenchError
     from stl_bench.stl.labeling import write_token_labels
-    from stl_bench.train import resolve_data_root
+    from stl_bench.train.data import resolve_data_root
 
     root = resolve_data_root(args.data)
     data_dir = root / args.split if args.split else root

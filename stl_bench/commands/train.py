@@ -6,7 +6,7 @@ the official recipe for a size (or `demo`); flags given on the command line win.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from typing import Any
 
 NAME = "train"
@@ -31,14 +31,14 @@ def _parser_for(type_str: str) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from stl_bench.train_config import PRESETS, TrainConfig, field_docs
+    from stl_bench.train.config import PRESETS, TrainConfig, field_docs, flag_fields
 
     docs = field_docs(TrainConfig)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a recipe: the official one per size, or 'demo'")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                         help="continue a run: CKPT, or <output>/last.pt when given without a value "
                              "(a fresh start if that file does not exist yet)")
-    for f in fields(TrainConfig):
+    for f, _ in flag_fields():
         default = f.default if f.default is not MISSING else None
         shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
         help_text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
@@ -68,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stl_bench.errors import StlBenchError
-    from stl_bench.train import LAST, train
-    from stl_bench.train_config import TrainConfig, fields as _fields, resolve_config
+    from stl_bench.train import LAST, TrainConfig, flag_fields, resolve_config, train
 
     log = logging.getLogger(__name__)
-    names = {f.name for f in _fields(TrainConfig)}
+    names = {f.name for f, _ in flag_fields()}
     given = {k: v for k, v in vars(args).items() if k in names}
     resume = getattr(args, "resume", None)
     if resume == "auto":

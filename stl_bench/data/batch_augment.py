@@ -11,44 +11,30 @@ never mixed or erased, and token targets come from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 
-
-@dataclass
-class BatchRecipe:
-    """The batch-level part of the training recipe (the flags of the same names)."""
-
-    num_classes: int
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    reprob: float = 0.3
-    remode: str = "pixel"
-    recount: int = 1
-    erase_after_mix: bool = True
+from stl_bench.data.transforms import AugmentConfig
 
 
 class BatchAugment:
     """`(images, labels) -> (images, soft targets)`: mix (or just smooth), then erase.
 
-    Works in place on `images`, as timm's Mixup and RandomErasing do.
+    Reads the batch-level fields of the run's one `AugmentConfig` (mixup, cutmix,
+    smoothing and, when `erase_after_mix` is on, the erasing settings). Works in place on
+    `images`, as timm's Mixup and RandomErasing do.
     """
 
-    def __init__(self, recipe: BatchRecipe, device: torch.device | str = "cpu") -> None:
+    def __init__(self, recipe: AugmentConfig, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.recipe = recipe
+        self.num_classes = num_classes
         self.mixup = None
-        if recipe.mixup > 0 or recipe.cutmix > 0:
+        if recipe.mixes:
             self.mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
                                switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
-                               label_smoothing=recipe.smoothing, num_classes=recipe.num_classes)
+                               label_smoothing=recipe.smoothing, num_classes=num_classes)
         self.erase = None
         if recipe.erase_after_mix and recipe.reprob > 0:
             self.erase = RandomErasing(recipe.reprob, mode=recipe.remode, max_count=recipe.recount,
@@ -63,7 +49,7 @@ class BatchAugment:
         if self.mixup is not None:
             images, targets = self.mixup(images, labels)
         else:
-            targets = mixup_target(labels, self.recipe.num_classes, smoothing=self.recipe.smoothing)
+            targets = mixup_target(labels, self.num_classes, smoothing=self.recipe.smoothing)
         if self.erase is not None:
             images = self.erase(images)  # per image of the mixed batch, as the official prefetcher
         return images, targets

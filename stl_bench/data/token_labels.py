@@ -17,9 +17,9 @@ in memory. Everything is written under temporary names and renamed at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +29,7 @@ import torch
 from torchvision.ops import roi_align
 
 from stl_bench.errors import StlBenchError
+from stl_bench.io import atomic_path, remove_stale_temporaries, write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,13 @@ class LabelWriter:
         self.meta = meta
         n, tokens, k = len(meta.files), meta.grid[0] * meta.grid[1], meta.topk
         index_dtype = np.int16 if meta.num_classes <= np.iinfo(np.int16).max else np.int32
-        self._tmp = {name: self.out_dir / f".{name}.tmp{os.getpid()}" for name in (INDICES, VALUES)}
+        removed = remove_stale_temporaries(self.out_dir)  # a killed labelling run's half arrays
+        if removed:
+            log.info("removed %d unfinished temporary file(s) from %s", removed, self.out_dir)
+        # Each array is filled in a temporary beside its final name and renamed into place by
+        # close(); until then a reader finds no meta.json and so no label folder.
+        self._renames = contextlib.ExitStack()
+        self._tmp = {name: self._renames.enter_context(atomic_path(self.out_dir / name)) for name in (INDICES, VALUES)}
         # open_memmap writes a real .npy header, so readers can mmap it with np.load.
         self.indices = np.lib.format.open_memmap(self._tmp[INDICES], "w+", index_dtype, (n, tokens, k))
         self.values = np.lib.format.open_memmap(self._tmp[VALUES], "w+", np.float16, (n, tokens, k))
@@ -86,11 +93,8 @@ class LabelWriter:
         self.indices.flush()
         self.values.flush()
         del self.indices, self.values
-        for name, tmp in self._tmp.items():
-            os.replace(tmp, self.out_dir / name)
-        meta_tmp = self.out_dir / f".{META}.tmp{os.getpid()}"
-        meta_tmp.write_text(json.dumps(asdict(self.meta)))
-        os.replace(meta_tmp, self.out_dir / META)  # last: its presence means complete
+        self._renames.close()  # both arrays renamed into place (and fsynced)
+        write_text(self.out_dir / META, json.dumps(asdict(self.meta)))  # last: its presence means complete
         return self.out_dir
 
 

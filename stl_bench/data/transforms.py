@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from timm.data import create_transform, rand_augment_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 from torchvision import transforms
@@ -41,19 +41,62 @@ GEOMETRIC_OPS = frozenset(
 
 @dataclass
 class AugmentConfig:
-    """The training augmentation recipe (defaults: the official STL / FAN ImageNet one)."""
+    """The training augmentation recipe, defined once (defaults: the official STL / FAN ImageNet one).
 
-    img_size: tuple[int, int] = (224, 224)
+    Its fields are the `stl-bench train` flags of the same names (the docstrings are their
+    help), and both consumers read it as it is: `TrainViews` (per image: crop, flip,
+    RandAugment and, when `erase_after_mix` is off, random erasing) and
+    `stl_bench.data.batch_augment.BatchAugment` (per batch: mixup/cutmix, then erasing
+    when `erase_after_mix` is on). Erasing happens in exactly one of the two places.
+    """
+
     scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """random-resized-crop area range"""
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    """random-resized-crop aspect-ratio range"""
     hflip: float = 0.5
-    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    interpolation: str = "random"
+    """horizontal flip probability"""
+    aa: str | None = "rand-m9-mstd0.5-inc1"
+    """RandAugment policy (timm string); 'none' disables it"""
+    train_interpolation: str = "random"
+    """resize interpolation for training crops ('random' = bilinear or bicubic)"""
     reprob: float = 0.3
+    """random erasing probability (student view only)"""
+    erase_after_mix: bool = True
+    """erase on the mixed batch, after mixup/cutmix (the official order); --no-erase-after-mix erases each
+    image before mixing"""
     remode: str = "pixel"
+    """random erasing fill mode"""
     recount: int = 1
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    """random erasing regions per image"""
+    mixup: float = 0.8
+    """mixup alpha (0 disables)"""
+    cutmix: float = 1.0
+    """cutmix alpha (0 disables)"""
+    mixup_prob: float = 1.0
+    """probability of mixing a batch"""
+    mixup_switch_prob: float = 0.5
+    """probability of cutmix instead of mixup when both are on"""
+    mixup_mode: str = "batch"
+    """mix per 'batch', 'pair' or 'elem'"""
+    smoothing: float = 0.1
+    """label smoothing of the image target"""
+
+    def __post_init__(self) -> None:
+        if self.aa is not None and self.aa.lower() == "none":
+            self.aa = None
+        self.scale = tuple(self.scale)
+        self.ratio = tuple(self.ratio)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix on): then images are paired within a batch."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def erase_per_image(self) -> float:
+        """The per-image erasing probability: 0 when erasing happens on the mixed batch instead."""
+        return 0.0 if self.erase_after_mix else self.reprob
 
 
 class TrainViews:
@@ -64,32 +107,30 @@ class TrainViews:
     RandAugment, in `grid_sample`'s [-1, 1] units, and 1.0 where that point lies inside
     the image (0.0 in fill). Without either the output is the ordinary timm training
     augmentation plus the recorded box and flip (cheap to carry, and what offline token
-    labels crop with).
+    labels crop with). `img_size`, `mean` and `std` are the model's (its pretrained_cfg),
+    not part of the recipe.
     """
 
-    def __init__(self, cfg: AugmentConfig, clean: bool = False, warp_grid: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        img_size: tuple[int, int] = (224, 224),
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        clean: bool = False,
+        warp_grid: tuple[int, int] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.img_size = tuple(img_size)
         self.clean = clean
         self.warp_grid = tuple(warp_grid) if warp_grid else None
         self.crop = RandomResizedCropAndInterpolation(
-            cfg.img_size, scale=cfg.scale, ratio=cfg.ratio, interpolation=cfg.interpolation
+            self.img_size, scale=cfg.scale, ratio=cfg.ratio, interpolation=cfg.train_interpolation
         )
-        self.randaug = None
-        if cfg.auto_augment:
-            if not cfg.auto_augment.startswith("rand"):
-                raise ValueError(f"only RandAugment ('rand-...') is supported, got {cfg.auto_augment!r}")
-            # The same hyper-parameters timm's transforms_imagenet_train passes.
-            hparams: dict[str, Any] = dict(
-                translate_const=int(min(cfg.img_size) * 0.45),
-                img_mean=tuple(min(255, round(255 * x)) for x in cfg.mean),
-            )
-            if cfg.interpolation and cfg.interpolation != "random":
-                hparams["interpolation"] = str_to_pil_interp(cfg.interpolation)
-            self.randaug = rand_augment_transform(cfg.auto_augment, hparams)
-        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
-        self.erase = (
-            RandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount, device="cpu") if cfg.reprob > 0 else None
-        )
+        self.randaug = _randaugment(cfg, self.img_size, mean)
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(tuple(mean), tuple(std))])
+        reprob = cfg.erase_per_image
+        self.erase = RandomErasing(reprob, mode=cfg.remode, max_count=cfg.recount, device="cpu") if reprob > 0 else None
 
     def _crop_flip(self, img: Image.Image) -> tuple[Image.Image, Image.Image | None, list[float], bool]:
         width, height = img.size
@@ -97,7 +138,7 @@ class TrainViews:
         interp = self.crop.interpolation
         if isinstance(interp, (list, tuple)):
             interp = random.choice(interp)
-        size = list(self.cfg.img_size)
+        size = list(self.img_size)
         student = TF.resized_crop(img, top, left, h, w, size, interp)
         clean = student.copy() if self.clean else None
         flip = random.random() < self.cfg.hflip
@@ -138,6 +179,21 @@ class TrainViews:
         if self.warp_grid:
             out["warp"] = token_warp(coords, self.warp_grid, student.size)
         return out
+
+
+def _randaugment(cfg: AugmentConfig, img_size: tuple[int, int], mean: Sequence[float]) -> Any:
+    """timm's RandAugment for `cfg.aa`, with the hyper-parameters timm's transforms_imagenet_train passes."""
+    if not cfg.aa:
+        return None
+    if not cfg.aa.startswith("rand"):
+        raise ValueError(f"only RandAugment ('rand-...') is supported, got {cfg.aa!r}")
+    hparams: dict[str, Any] = dict(
+        translate_const=int(min(img_size) * 0.45),
+        img_mean=tuple(min(255, round(255 * x)) for x in mean),
+    )
+    if cfg.train_interpolation and cfg.train_interpolation != "random":
+        hparams["interpolation"] = str_to_pil_interp(cfg.train_interpolation)
+    return rand_augment_transform(cfg.aa, hparams)
 
 
 @lru_cache(maxsize=8)

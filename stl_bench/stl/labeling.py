@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from stl_bench.data.folders import ImageDataset, collate_skip_bad, scan_image_folder
 from stl_bench.data.token_labels import META, LabelMeta, LabelWriter
 from stl_bench.data.transforms import labeling_transform
+from stl_bench.distributed import resolve_device
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def write_token_labels(
     output = Path(output)
     if (output / META).exists():
         raise StlBenchError(f"{output} already holds token labels; choose another --output or delete it first")
-    dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) or device == "cuda" else "cpu")
+    dev = resolve_device(device)
     _, probe = read_checkpoint(teacher_path)
     teacher, info = create_model_from_checkpoint(teacher_path, use_ema=probe.has_ema)
     if not getattr(teacher, "has_token_head", False):

@@ -1,6 +1,6 @@
 """The training objectives: what one step's loss is, for each stage.
 
-The one training loop (`stl_bench.train`) prepares a batch (student images, mixed soft
+The one training loop (`stl_bench.train.loop`) prepares a batch (student images, mixed soft
 targets, and where needed the clean view, crop boxes and flips) and hands it to an
 objective; the objective runs the model and returns the loss. Adding a stage is adding
 an objective, never a copy of the loop.
@@ -15,9 +15,9 @@ an objective, never a copy of the loop.
   `OnlineTeacher` (the frozen labeler on the clean view, every step) or `OfflineLabels`
   (label maps written once by `stl-bench label`, cropped with the student's box).
 
-Token models run with `output="pair"` so that `model(x)` returns (class, token) logits:
-calling `forward` (and not `forward_tokens`) keeps DistributedDataParallel's gradient
-hooks in the path.
+Token stages are handed the model wrapped in `fan.model.TokenPairForward`, so that
+`model(x)` returns (class, token) logits: calling `forward` (and not `forward_tokens`)
+keeps DistributedDataParallel's gradient hooks in the path.
 """
 from __future__ import annotations
 
