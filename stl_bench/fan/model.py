@@ -43,7 +43,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, PositionalEncodingFourier
 
-__all__ = ["FAN", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head", "OUTPUT_MODES"]
+__all__ = ["FAN", "FAN_MODEL_NAMES", "OUTPUT_MODES", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head"]
 
 OUTPUT_MODES = ("cls", "fused")
 OutputMode = Literal["cls", "fused"]
