@@ -23,7 +23,8 @@ from PIL import Image
 import stl_bench  # noqa: F401  (registers the FAN models in timm)
 from stl_bench.commands.app import example_files
 from stl_bench.deploy.runner import open_runner
-from stl_bench.tokenmaps import class_color, token_grid
+from stl_bench.stl.tokenmaps import token_grid
+from stl_bench.ui.drawing import class_color
 from stl_bench.ui.catalog import build_catalog, open_entry
 from stl_bench.ui.images import prepare
 from stl_bench.ui.outputs import OutputFiles

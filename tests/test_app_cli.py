@@ -36,7 +36,7 @@ def test_library_never_imports_the_app_folder_and_cli_start_stays_light():
                 names = [node.module]
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "app" or n.startswith("app.")]
     assert offenders == []
-    code = ("import sys, stl_bench.cli as c; c.build_parser(); import stl_bench.tokenmaps, stl_bench.ui.catalog; "
+    code = ("import sys, stl_bench.cli as c; c.build_parser(); import stl_bench.stl.tokenmaps, stl_bench.ui.drawing, stl_bench.ui.catalog; "
             "print(sorted(m for m in ('gradio', 'gradio_client', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
@@ -85,3 +85,23 @@ def test_app_script_serves_and_names_the_demo_command_without_models(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_importing_and_building_the_app_writes_nothing_inside_the_package(tmp_path):
+    """Gradio writes a `.pyi` beside any module that defines a component class: ours define none.
+
+    Run on a fresh copy of the package (no stub from an earlier run can hide a new one),
+    without bytecode, then compare its files before and after.
+    """
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "stl_bench", copy / "stl_bench", ignore=shutil.ignore_patterns("__pycache__", "*.pyi"))
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    code = ("from stl_bench.ui.blocks import build_demo; from stl_bench.ui.catalog import build_catalog; "
+            "import sys; build_demo(build_catalog(demo_root=sys.argv[1])); print('built')")
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "none")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and "built" in out.stdout, out.stderr
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+from unittest import mock
 
 import pytest
 import timm
@@ -10,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import stl_bench  # noqa: F401  (registers the models)
+import stl_bench.fan.model as fan_model
 from stl_bench.fan import FAN_MODEL_NAMES
-from stl_bench.fan.model import ChannelProcessing, SEMlp, TokenMixing
+from stl_bench.fan.model import ChannelProcessing, FANBlock, SEMlp, TokenMixing, TokenPairForward
 
 # Parameter counts of the official architectures at 1000 classes (NVlabs/FAN, NVlabs/STL).
 OFFICIAL_PARAMS = {
@@ -57,6 +60,71 @@ def test_every_required_variant_is_registered():
     assert set(FAN_MODEL_NAMES) == set(timm.list_models("fan_*"))
 
 
+# --- the registry as it was before the variants became one function each -------------
+# Every variant's only pretrained config (tag "untrained"): the fields every one shares,
+# then what each changes. "architecture" and "tag" are filled in by timm.
+_CFG_BASE = {
+    "url": "", "file": None, "state_dict": None, "hf_hub_id": None, "hf_hub_filename": None, "source": None,
+    "tag": "untrained", "custom_load": False, "input_size": (3, 224, 224), "test_input_size": None,
+    "min_input_size": None, "fixed_input_size": False, "interpolation": "bicubic", "crop_pct": 1.0,
+    "test_crop_pct": None, "crop_mode": "center", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+    "num_classes": 1000, "label_offset": None, "label_names": None, "label_descriptions": None, "pool_size": None,
+    "test_pool_size": None, "first_conv": "patch_embed.proj.0.0", "classifier": "head",
+    "license": "NVIDIA Source Code License-NC (official weights)", "description": None, "origin_url": None,
+    "paper_name": None, "paper_ids": None, "notes": None,
+}
+_HYBRID_CFG = {"first_conv": "patch_embed.backbone.stem.0"}
+_TOKEN_CFG = {"classifier": ("head", "aux_head")}
+_NANO_CFG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "license": ""}
+# sha256 of "key:shape;..." of each variant's state dict (1000 classes), first 16 hex digits.
+REGISTRY = {
+    "fan_tiny_12_p16_224": ({}, "2390484f17c649d3"),
+    "fan_tiny_12_p16_224_token": (_TOKEN_CFG, "db9713da13c1de22"),
+    "fan_small_12_p16_224_se_attn": ({}, "d3f833b64448967a"),
+    "fan_small_12_p16_224_se_attn_token": (_TOKEN_CFG, "b41e7cddad8dab2b"),
+    "fan_small_12_p16_224": ({}, "4d27b2bf86d19e44"),
+    "fan_small_12_p16_224_token": (_TOKEN_CFG, "fe169b11862b430e"),
+    "fan_base_18_p16_224": ({}, "1e6cd6f862e06252"),
+    "fan_base_18_p16_224_token": (_TOKEN_CFG, "72bb188bb2e70b17"),
+    "fan_large_24_p16_224": ({}, "ea4e70c07d60dec3"),
+    "fan_large_24_p16_224_token": (_TOKEN_CFG, "ddef8bf2c721ccae"),
+    "fan_tiny_8_p4_hybrid": (_HYBRID_CFG, "b9fb6b542b6bcbb1"),
+    "fan_tiny_8_p4_hybrid_token": ({**_HYBRID_CFG, **_TOKEN_CFG}, "ba810ad61f17d017"),
+    "fan_small_12_p4_hybrid": (_HYBRID_CFG, "8a0850a492c8c30f"),
+    "fan_small_12_p4_hybrid_token": ({**_HYBRID_CFG, **_TOKEN_CFG}, "ef2e457f4a674a7d"),
+    "fan_base_16_p4_hybrid": (_HYBRID_CFG, "c4addd5a30e1857d"),
+    "fan_base_16_p4_hybrid_token": ({**_HYBRID_CFG, **_TOKEN_CFG}, "c73dec9a7add9b48"),
+    "fan_large_16_p4_hybrid": (_HYBRID_CFG, "ab5f73e13480a89a"),
+    "fan_large_16_p4_hybrid_token": ({**_HYBRID_CFG, **_TOKEN_CFG}, "6fa97d29fb3dc1fb"),
+    "fan_nano_4_p4_32": (_NANO_CFG, "d1da1f214be46e91"),
+    "fan_nano_4_p4_32_token": ({**_NANO_CFG, **_TOKEN_CFG}, "0e86ac388011a614"),
+}
+
+
+def test_registry_names_and_order_are_unchanged():
+    assert FAN_MODEL_NAMES == tuple(REGISTRY)  # `stl-bench models --all` lists them in this order
+    assert set(timm.list_models("fan_*")) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", FAN_MODEL_NAMES)
+def test_registry_entry_is_unchanged(name):
+    """One `@register_model` function per variant, named as the variant, with the same configs and layout."""
+    from timm.models import get_pretrained_cfg
+    from timm.models._registry import _model_default_cfgs, _model_entrypoints
+
+    entrypoint = _model_entrypoints[name]
+    assert entrypoint is getattr(fan_model, name) and entrypoint.__name__ == name  # grep finds `def {name}(`
+    assert list(_model_default_cfgs[name].tags) == ["untrained"]
+    overrides, layout_digest = REGISTRY[name]
+    expected = {**_CFG_BASE, "architecture": name, **overrides}
+    assert get_pretrained_cfg(f"{name}.untrained").to_dict(remove_source=False, remove_null=False) == expected
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    assert model.pretrained_cfg["architecture"] == name
+    layout = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    assert hashlib.sha256(layout.encode()).hexdigest()[:16] == layout_digest
+
+
 @pytest.mark.parametrize("name", FAN_MODEL_NAMES)
 def test_parameter_count(name):
     with torch.device("meta"):
@@ -100,13 +168,15 @@ def test_token_outputs(name):
         assert cls_logits.shape == (2, NUM_CLASSES)
         assert token_logits.shape == (2, n_tokens, NUM_CLASSES)
         assert torch.equal(model(x), cls_logits)
-        pair = model.set_output("pair")(x)
-        assert isinstance(pair, tuple) and torch.equal(pair[1], token_logits)
+        pair = TokenPairForward(model)(x)
+        assert isinstance(pair, tuple) and torch.equal(pair[0], cls_logits) and torch.equal(pair[1], token_logits)
         fused = model.set_output("fused")(x)
         torch.testing.assert_close(fused, cls_logits + 0.5 * token_logits.max(dim=1).values)
         model.set_output("cls")
-    created = timm.create_model(name, num_classes=NUM_CLASSES, output="pair")
-    assert created.output == "pair"
+    created = timm.create_model(name, num_classes=NUM_CLASSES, output="fused")
+    assert created.output == "fused"
+    with pytest.raises(ValueError, match="TokenPairForward"):
+        model.set_output("pair")
 
 
 @pytest.mark.parametrize("name", FAN_MODEL_NAMES)
@@ -141,19 +211,42 @@ def test_timm_api(name):
     assert {"pos_embed", "cls_token"} <= model.no_weight_decay()
 
 
+def _forward_backward_counting_blocks(model: torch.nn.Module, x: torch.Tensor) -> tuple[list, int, int]:
+    """Gradients, and how often `FANBlock.forward` ran during the forward and during the backward.
+
+    Counted in the method itself: module hooks do not fire when checkpointing re-runs a block.
+    """
+    calls = [0]
+    forward = FANBlock.forward
+
+    def counting(self, *args):
+        calls[0] += 1
+        return forward(self, *args)
+
+    with mock.patch.object(FANBlock, "forward", counting):
+        torch.manual_seed(1)
+        out = model(x)
+        forward_calls = calls[0]
+        out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    return grads, forward_calls, calls[0] - forward_calls
+
+
 def test_grad_checkpointing_gives_same_gradients():
     model = _build("fan_nano_4_p4_32_token")
     x = _small_input("fan_nano_4_p4_32_token")
     model.train()
-    torch.manual_seed(1)
-    model(x).sum().backward()
-    ref = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    depth = len(model.blocks)
+    ref, ref_fwd, ref_bwd = _forward_backward_counting_blocks(model, x)
+    assert (ref_fwd, ref_bwd) == (depth, 0)
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    torch.manual_seed(1)
-    model(x).sum().backward()
-    got = [p.grad for p in model.parameters() if p.grad is not None]
-    for r, g in zip(ref, got):
+    got, fwd, bwd = _forward_backward_counting_blocks(model, x)
+    # Checkpointing keeps no block activations and re-runs each block in the backward:
+    # a no-op switch would re-run none.
+    assert (fwd, bwd) == (depth, depth)
+    assert len(got) == len(ref)
+    for r, g in zip(ref, got, strict=True):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
 
 
@@ -166,7 +259,9 @@ def test_drop_path_is_the_same_rate_in_every_block():
 def test_output_switch_rejects_plain_models():
     model = _build("fan_tiny_12_p16_224")
     with pytest.raises(ValueError, match="token-label model"):
-        model.set_output("pair")
+        model.set_output("fused")
+    with pytest.raises(ValueError, match="token-label model"):
+        TokenPairForward(model)
     with pytest.raises(ValueError, match="token-label model"):
         model.forward_tokens(_small_input("fan_tiny_12_p16_224"))
 

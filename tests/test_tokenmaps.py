@@ -1,4 +1,4 @@
-"""Token maps: grids, label/confidence/Gumbel-kept maps, colours and overlays."""
+"""Token maps: grids, label/confidence/Gumbel-kept maps (stl.tokenmaps), colours and overlays (ui.drawing)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stl_bench import tokenmaps as tm
+from stl_bench.stl import tokenmaps as tm
+from stl_bench.ui import drawing
 
 
 @pytest.mark.parametrize("tokens, hw, grid", [
@@ -72,12 +73,12 @@ def test_bad_shapes_are_refused():
 
 
 def test_palette_is_distinct_and_stable():
-    colors = tm.class_palette(1000)
+    colors = drawing.class_palette(1000)
     assert colors.shape == (1000, 3)
     assert len({tuple(c) for c in colors[:20]}) == 20
     assert len({tuple(c) for c in colors}) > 990
-    assert tm.class_color(3) == tuple(colors[3])
-    assert tm.hex_color((255, 0, 16)) == "#ff0010"
+    assert drawing.class_color(3) == tuple(colors[3])
+    assert drawing.hex_color((255, 0, 16)) == "#ff0010"
     assert all(len(set(c)) > 1 for c in colors[:20].tolist()), "no greys: grey means dropped / other"
 
 
@@ -90,14 +91,14 @@ def test_label_overlay_colours_each_patch_with_its_class():
     labels = np.arange(16).reshape(4, 4) % 5
     crop = _crop()
     scale = 3
-    full = np.asarray(tm.label_overlay(crop, labels, opacity=1.0, scale=scale))
-    none = np.asarray(tm.label_overlay(crop, labels, opacity=0.0, scale=scale))
+    full = np.asarray(drawing.label_overlay(crop, labels, opacity=1.0, scale=scale))
+    none = np.asarray(drawing.label_overlay(crop, labels, opacity=0.0, scale=scale))
     assert full.shape == (96, 96, 3)
     cell = 96 // 4
     for r in range(4):
         for c in range(4):
             centre = full[r * cell + cell // 2, c * cell + cell // 2]
-            assert tuple(centre) == tm.class_color(int(labels[r, c]))
+            assert tuple(centre) == drawing.class_color(int(labels[r, c]))
     # opacity 0 leaves the image as the model saw it (away from the grid lines)
     src = np.asarray(crop.resize((96, 96), Image.Resampling.NEAREST))
     np.testing.assert_array_equal(none[5:20, 5:20], src[5:20, 5:20])
@@ -105,7 +106,7 @@ def test_label_overlay_colours_each_patch_with_its_class():
 
 def test_overlay_blending_is_proportional_to_opacity():
     crop = Image.new("RGB", (8, 8), (0, 0, 0))
-    out = tm.tint(crop, np.full((2, 2, 3), 200, dtype=np.uint8), 0.5)
+    out = drawing.tint(crop, np.full((2, 2, 3), 200, dtype=np.uint8), 0.5)
     assert abs(int(np.asarray(out)[0, 0, 0]) - 100) <= 1
 
 
@@ -116,34 +117,34 @@ def test_kept_overlay_greys_and_crosses_dropped_tokens():
     maps.sampled[1, 0] = 0  # the dropped token drew class 0
     crop = Image.fromarray(np.dstack([np.full((8, 8), 200, np.uint8), np.zeros((8, 8), np.uint8),
                                       np.zeros((8, 8), np.uint8)]))
-    out = np.asarray(tm.kept_overlay(crop, maps, opacity=0.0, scale=16))
+    out = np.asarray(drawing.kept_overlay(crop, maps, opacity=0.0, scale=16))
     dropped = out[64:128, 0:64]
     kept = out[0:64, 0:64]
     assert tuple(kept[10, 30]) == (200, 0, 0)  # kept and opacity 0: untouched red
     g = dropped[10, 30]
     assert g[0] == g[1] == g[2]  # greyed
-    assert tuple(dropped[32, 32]) == tm.class_color(0)  # the cross, in the drawn class's colour
+    assert tuple(dropped[32, 32]) == drawing.class_color(0)  # the cross, in the drawn class's colour
 
 
 def test_confidence_overlay_has_colour_bar_and_numbers():
     conf = np.linspace(0.1, 1.0, 16).reshape(4, 4)
-    out = tm.confidence_overlay(_crop(), conf, opacity=1.0, scale=12)
+    out = drawing.confidence_overlay(_crop(), conf, opacity=1.0, scale=12)
     assert out.width == 384 and out.height > 384  # the bar sits below the map
     arr = np.asarray(out)
-    viridis = tm.confidence_colors(conf)
+    viridis = drawing.confidence_colors(conf)
     # a corner pixel of each patch (away from the printed number) shows its viridis colour
     assert tuple(arr[3, 3]) == tuple(viridis[0, 0])
     assert tuple(arr[3 * 96 + 3, 3 * 96 + 3]) == tuple(viridis[3, 3])
-    assert tm._short_prob(0.874) == ".87" and tm._short_prob(0.999) == "1.0"
+    assert drawing._short_prob(0.874) == ".87" and drawing._short_prob(0.999) == "1.0"
 
 
 def test_rendered_label_map_has_a_legend_row_per_class():
     maps = tm.compute_token_maps(_logits(4, 4, 3), (4, 4))
     names = ["cat", "dog", "cow"]
-    entries = tm.legend_entries(maps, names)
+    entries = drawing.legend_entries(maps, names)
     assert len(entries) == len(maps.class_counts())
     assert entries[0][1].startswith(names[maps.class_counts()[0][0]])
-    picture = tm.render_label_map(_crop(), maps, names, 0.5, scale=4, title="labeler")
+    picture = drawing.render_label_map(_crop(), maps, names, 0.5, scale=4, title="labeler")
     assert picture.width == 240 and picture.height > 128
-    pair = tm.side_by_side([picture, picture], gap=10)
+    pair = drawing.side_by_side([picture, picture], gap=10)
     assert pair.size == (490, picture.height)

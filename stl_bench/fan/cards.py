@@ -1,8 +1,10 @@
-"""Model cards: one Markdown file per released official checkpoint, in `models/`.
+"""Model cards: one Markdown file per released official checkpoint, in `stl_bench/cards/`.
 
 Each card opens with YAML front matter (architecture, input config, reported numbers,
 parameter count, download link) so that people read the same file that
-`stl-bench models` and `stl-bench leaderboard` parse. Nothing is downloaded.
+`stl-bench models` and `stl-bench leaderboard` parse. Nothing is downloaded. The cards
+are package data (the top-level `models/` folder only points here), so a plain wheel
+install finds them too.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ REQUIRED_FIELDS = ("name", "title", "arch", "input_size", "params", "reported", 
 
 
 def cards_dir() -> Path:
-    """`$STL_BENCH_MODELS_DIR`, else the repository's `models/` folder."""
+    """`$STL_BENCH_MODELS_DIR`, else the cards shipped in the package (`stl_bench/cards/`)."""
     env = os.environ.get("STL_BENCH_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "cards"
 
 
 def parse_card(path: Path) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def parse_card(path: Path) -> dict[str, Any]:
 
 
 def load_cards(directory: Path | None = None) -> dict[str, dict[str, Any]]:
-    """All cards by name; an empty dict where the folder is absent (an installed wheel)."""
+    """All cards by name; an empty dict where the folder is absent (a `$STL_BENCH_MODELS_DIR` that is not there)."""
     directory = directory or cards_dir()
     if not directory.is_dir():
         return {}

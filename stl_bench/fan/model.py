@@ -8,11 +8,14 @@ Written for current timm, with exactly the official state_dict keys and shapes
 `strict=True` and give the same outputs. What changed against the official code:
 
 * One model class serves plain and token-label variants; the official code keeps two
-  near-identical files. A token model's output is chosen by one switch, `output`:
-  "cls" (class logits, the default), "pair" (`(cls_logits, token_logits)`, what the
-  official `*_token` models return from `forward`) or "fused" (class logits + 0.5 x the
-  per-class max over tokens, the official evaluation head). `forward_tokens` always
-  returns the pair, whatever the switch says.
+  near-identical files that differ in what `forward` returns. Here `forward` always
+  returns one tensor: the class logits, or for a token model made with
+  `output="fused"` (or switched by `set_output("fused")`) the official evaluation head,
+  class logits + 0.5 x the per-class max over tokens. The (class, token) pair that the
+  official `*_token` models return from `forward` comes from `forward_tokens`, and
+  through `forward` from the `TokenPairForward` wrapper, which training (DDP sees every
+  parameter) and export (two graph outputs) use: volo's `forward_train` split, so no
+  method changes its return type with a mode.
 * The SE-MLP variant (`fan_small_12_p16_224_se_attn`) runs: the official block's
   forward takes H and W but the model never passes them.
 * The class-attention blocks and Fourier positional encoding are timm's XCiT ones, which
@@ -40,10 +43,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, PositionalEncodingFourier
 
-__all__ = ["FAN", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head", "OUTPUT_MODES"]
+__all__ = ["FAN", "FAN_MODEL_NAMES", "OUTPUT_MODES", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head"]
 
-OUTPUT_MODES = ("cls", "pair", "fused")
-OutputMode = Literal["cls", "pair", "fused"]
+OUTPUT_MODES = ("cls", "fused")
+OutputMode = Literal["cls", "fused"]
 TOKEN_FUSION_WEIGHT = 0.5  # the official evaluation head: cls + 0.5 * max over tokens
 
 
@@ -345,6 +348,18 @@ class ChannelProcessing(nn.Module):
         return {"temperature"}
 
 
+def _scaled(gamma: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return x if gamma is None else gamma * x
+
+
+def _fold_scale_into(layer: nn.Module, gamma: torch.Tensor) -> None:
+    """`gamma * layer(x)` == `layer'(x)` for a layer whose output channel c is an affine map."""
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.mul_(gamma.reshape(shape))
+    if layer.bias is not None:
+        layer.bias.mul_(gamma)
+
+
 class FANBlock(nn.Module):
     """`x + gamma1 * TokenMixing(norm1(x))`, then `x + gamma2 * ChannelProcessing(norm2(x))`.
 
@@ -396,24 +411,14 @@ class FANBlock(nn.Module):
             mlp.gamma = None
 
 
-def _scaled(gamma: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return x if gamma is None else gamma * x
-
-
-def _fold_scale_into(layer: nn.Module, gamma: torch.Tensor) -> None:
-    """`gamma * layer(x)` == `layer'(x)` for a layer whose output channel c is an affine map."""
-    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-    layer.weight.mul_(gamma.reshape(shape))
-    if layer.bias is not None:
-        layer.bias.mul_(gamma)
-
-
 class FAN(nn.Module):
     """Fully Attentional Network; with `token_head=True`, the STL token-label model.
 
-    `forward(x)` returns what `output` asks for (see the module docstring);
-    `forward_tokens(x)` always returns `(cls_logits [B, C], token_logits [B, N, C])`
-    with N = H/16 * W/16 patch tokens in row-major order.
+    `forward(x)` returns one tensor [B, C]: the class logits, or the fused head when
+    `output` is "fused" (token models only). `forward_tokens(x)` returns
+    `(cls_logits [B, C], token_logits [B, N, C])` with N patch tokens in row-major
+    order (N = H/16 * W/16 for the 224-px variants); wrap the model in
+    `TokenPairForward` where that pair must come out of `forward`.
     """
 
     def __init__(
@@ -521,7 +526,14 @@ class FAN(nn.Module):
             self.output = "cls"
 
     def set_output(self, output: OutputMode) -> "FAN":
-        """Choose what `forward` returns: "cls", "pair" or "fused" (token models only for the last two)."""
+        """Choose what `forward` returns: "cls" (class logits) or "fused" (token models only).
+
+        Both are one tensor [B, C]. The (class, token) pair is not a mode: it comes from
+        `forward_tokens`, or through `forward` from `TokenPairForward(model)`.
+        """
+        if output == "pair":
+            raise ValueError('output="pair" is gone: call forward_tokens(x), or wrap the model in '
+                             "stl_bench.fan.model.TokenPairForward where forward must return the pair")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, not {output!r}")
         if output != "cls" and not self.has_token_head:
@@ -554,26 +566,27 @@ class FAN(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class-token features [B, C'] (`pre_logits`), class logits, or the fused head [B, C]."""
         cls = self.head_drop(x[:, 0])
         if pre_logits:
             return cls
         logits = self.head(cls)
-        if self.output == "cls":
-            return logits
-        token_logits = self.aux_head(x[:, 1:])
-        if self.output == "pair":
-            return logits, token_logits
-        return fuse_token_head(logits, token_logits)
+        if self.output == "fused":
+            return fuse_token_head(logits, self.aux_head(x[:, 1:]))
+        return logits
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class logits [B, C], per-patch token logits [B, N, C]), whatever `output` says."""
+        """(class logits [B, C], per-patch token logits [B, N, C]), whatever `output` says.
+
+        The training and export interface of a token model (`TokenPairForward` calls it).
+        """
         if not self.has_token_head:
             raise ValueError("forward_tokens needs a token-label model (a `*_token` variant)")
         x = self.forward_features(x)
         return self.head(self.head_drop(x[:, 0])), self.aux_head(x[:, 1:])
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
@@ -643,69 +656,172 @@ _NANO = dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear", lic
 
 default_cfgs = generate_default_cfgs({
     "fan_tiny_12_p16_224.untrained": _cfg(),
-    "fan_small_12_p16_224_se_attn.untrained": _cfg(),
-    "fan_small_12_p16_224.untrained": _cfg(),
-    "fan_base_18_p16_224.untrained": _cfg(),
-    "fan_large_24_p16_224.untrained": _cfg(),
     "fan_tiny_12_p16_224_token.untrained": _cfg(**_TOKEN),
+    "fan_small_12_p16_224_se_attn.untrained": _cfg(),
     "fan_small_12_p16_224_se_attn_token.untrained": _cfg(**_TOKEN),
+    "fan_small_12_p16_224.untrained": _cfg(),
     "fan_small_12_p16_224_token.untrained": _cfg(**_TOKEN),
+    "fan_base_18_p16_224.untrained": _cfg(),
     "fan_base_18_p16_224_token.untrained": _cfg(**_TOKEN),
+    "fan_large_24_p16_224.untrained": _cfg(),
     "fan_large_24_p16_224_token.untrained": _cfg(**_TOKEN),
     "fan_tiny_8_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_small_12_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_base_16_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_large_16_p4_hybrid.untrained": _cfg(**_HYBRID),
     "fan_tiny_8_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
+    "fan_small_12_p4_hybrid.untrained": _cfg(**_HYBRID),
     "fan_small_12_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
+    "fan_base_16_p4_hybrid.untrained": _cfg(**_HYBRID),
     "fan_base_16_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
+    "fan_large_16_p4_hybrid.untrained": _cfg(**_HYBRID),
     "fan_large_16_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
     "fan_nano_4_p4_32.untrained": _cfg(**_NANO),
     "fan_nano_4_p4_32_token.untrained": _cfg(**_NANO, **_TOKEN),
 })
 
-# One dict of arguments per architecture; the `_token` twins add the token-label head.
-_ARCHS: dict[str, dict] = {
-    "fan_tiny_12_p16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=4),
-    "fan_small_12_p16_224_se_attn": dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, se_mlp=True),
-    "fan_small_12_p16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=8),
-    "fan_base_18_p16_224": dict(patch_size=16, embed_dim=448, depth=18, num_heads=8),
-    "fan_large_24_p16_224": dict(patch_size=16, embed_dim=480, depth=24, num_heads=10),
-    # Hybrids: "small_12" has 10 blocks and "large_16" 22, as in the official code.
-    "fan_tiny_8_p4_hybrid": dict(stem="hybrid", embed_dim=192, depth=8, num_heads=8),
-    "fan_small_12_p4_hybrid": dict(stem="hybrid", embed_dim=384, depth=10, num_heads=8),
-    "fan_base_16_p4_hybrid": dict(stem="hybrid", embed_dim=448, depth=16, num_heads=8),
-    "fan_large_16_p4_hybrid": dict(stem="hybrid", embed_dim=480, depth=22, num_heads=10, hybrid_depths=(3, 5)),
-    # The CPU variant used by the demo, the tests and the app: 32 px input, 8x8 tokens.
-    "fan_nano_4_p4_32": dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4),
-}
-# Only the plain large hybrid shrinks its head at init (the official token twin does not).
-_PLAIN_ONLY = {"fan_large_16_p4_hybrid": dict(head_init_scale=0.001)}
+# Every registered name, plain and `_token` twin alternating (the order `stl-bench models --all` lists).
+FAN_MODEL_NAMES: tuple[str, ...] = tuple(default_cfgs)
 
 
-def model_args(name: str) -> dict:
-    """The architecture arguments of a registered FAN variant (plain or `_token`)."""
-    token = name.endswith("_token")
-    base = name[: -len("_token")] if token else name
-    args = dict(_ARCHS[base])
-    if token:
-        args["token_head"] = True
-    else:
-        args.update(_PLAIN_ONLY.get(base, {}))
-    return args
+
+@register_model
+def fan_tiny_12_p16_224(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-T-ViT (7.3M)."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4)
+    return _create_fan("fan_tiny_12_p16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-def _make_entrypoint(name: str):
-    def entrypoint(pretrained: bool = False, **kwargs) -> FAN:
-        return _create_fan(name, pretrained=pretrained, **dict(model_args(name), **kwargs))
-
-    entrypoint.__name__ = name
-    entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f"FAN variant `{name}` ({'token-label head, ' if name.endswith('_token') else ''}timm registry)."
-    entrypoint.__module__ = __name__
-    return entrypoint
+@register_model
+def fan_tiny_12_p16_224_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_tiny_12_p16_224` with the STL token-label head (`aux_head`)."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=4, token_head=True)
+    return _create_fan("fan_tiny_12_p16_224_token", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-FAN_MODEL_NAMES: tuple[str, ...] = tuple(n for a in _ARCHS for n in (a, f"{a}_token"))
-for _name in FAN_MODEL_NAMES:
-    globals()[_name] = register_model(_make_entrypoint(_name))
+@register_model
+def fan_small_12_p16_224_se_attn(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-S-ViT with the SE-MLP in place of channel attention."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, se_mlp=True)
+    return _create_fan("fan_small_12_p16_224_se_attn", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_small_12_p16_224_se_attn_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_small_12_p16_224_se_attn` with the STL token-label head (`aux_head`)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, se_mlp=True, token_head=True)
+    return _create_fan("fan_small_12_p16_224_se_attn_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_small_12_p16_224(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-S-ViT (28.0M)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8)
+    return _create_fan("fan_small_12_p16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_small_12_p16_224_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_small_12_p16_224` with the STL token-label head (`aux_head`)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=8, token_head=True)
+    return _create_fan("fan_small_12_p16_224_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_base_18_p16_224(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-B-ViT (54.0M)."""
+    model_args = dict(patch_size=16, embed_dim=448, depth=18, num_heads=8)
+    return _create_fan("fan_base_18_p16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_base_18_p16_224_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_base_18_p16_224` with the STL token-label head (`aux_head`)."""
+    model_args = dict(patch_size=16, embed_dim=448, depth=18, num_heads=8, token_head=True)
+    return _create_fan("fan_base_18_p16_224_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_large_24_p16_224(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-L-ViT (80.5M)."""
+    model_args = dict(patch_size=16, embed_dim=480, depth=24, num_heads=10)
+    return _create_fan("fan_large_24_p16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_large_24_p16_224_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_large_24_p16_224` with the STL token-label head (`aux_head`)."""
+    model_args = dict(patch_size=16, embed_dim=480, depth=24, num_heads=10, token_head=True)
+    return _create_fan("fan_large_24_p16_224_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_tiny_8_p4_hybrid(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-T-Hybrid (7.4M)."""
+    model_args = dict(stem="hybrid", embed_dim=192, depth=8, num_heads=8)
+    return _create_fan("fan_tiny_8_p4_hybrid", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_tiny_8_p4_hybrid_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_tiny_8_p4_hybrid` with the STL token-label head (`aux_head`)."""
+    model_args = dict(stem="hybrid", embed_dim=192, depth=8, num_heads=8, token_head=True)
+    return _create_fan("fan_tiny_8_p4_hybrid_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_small_12_p4_hybrid(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-S-Hybrid (26.3M); "12" in the name, 10 blocks, as in the official code."""
+    model_args = dict(stem="hybrid", embed_dim=384, depth=10, num_heads=8)
+    return _create_fan("fan_small_12_p4_hybrid", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_small_12_p4_hybrid_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_small_12_p4_hybrid` with the STL token-label head (`aux_head`)."""
+    model_args = dict(stem="hybrid", embed_dim=384, depth=10, num_heads=8, token_head=True)
+    return _create_fan("fan_small_12_p4_hybrid_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_base_16_p4_hybrid(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-B-Hybrid (50.4M)."""
+    model_args = dict(stem="hybrid", embed_dim=448, depth=16, num_heads=8)
+    return _create_fan("fan_base_16_p4_hybrid", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_base_16_p4_hybrid_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_base_16_p4_hybrid` with the STL token-label head (`aux_head`)."""
+    model_args = dict(stem="hybrid", embed_dim=448, depth=16, num_heads=8, token_head=True)
+    return _create_fan("fan_base_16_p4_hybrid_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_large_16_p4_hybrid(pretrained: bool = False, **kwargs) -> FAN:
+    """FAN-L-Hybrid (76.8M); "16" in the name, 22 blocks, as in the official code.
+
+    Only this plain model shrinks its head at init (its official token twin does not).
+    """
+    model_args = dict(stem="hybrid", embed_dim=480, depth=22, num_heads=10, hybrid_depths=(3, 5),
+                      head_init_scale=0.001)
+    return _create_fan("fan_large_16_p4_hybrid", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_large_16_p4_hybrid_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_large_16_p4_hybrid` with the STL token-label head (`aux_head`)."""
+    model_args = dict(stem="hybrid", embed_dim=480, depth=22, num_heads=10, hybrid_depths=(3, 5),
+                      token_head=True)
+    return _create_fan("fan_large_16_p4_hybrid_token", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_nano_4_p4_32(pretrained: bool = False, **kwargs) -> FAN:
+    """The CPU variant of the demo, the tests and the app: 32-px input, 8x8 tokens."""
+    model_args = dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4)
+    return _create_fan("fan_nano_4_p4_32", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fan_nano_4_p4_32_token(pretrained: bool = False, **kwargs) -> FAN:
+    """`fan_nano_4_p4_32` with the STL token-label head (`aux_head`)."""
+    model_args = dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=4, token_head=True)
+    return _create_fan("fan_nano_4_p4_32_token", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from stl_bench.tokenmaps import TokenMaps, compute_token_maps, token_grid
+from stl_bench.stl.tokenmaps import TokenMaps, compute_token_maps, token_grid
 from stl_bench.ui.catalog import ModelEntry
 from stl_bench.ui.images import prepare
 

@@ -42,25 +42,29 @@ colour of the class they drew) get a noisy label this step. The confidence of a 
 probability that a fresh draw keeps it."""
 
 
-class UploadImage(gr.Image):
-    """`gr.Image` whose upload errors become a message instead of a bare "Error".
+def _explain_upload_errors(component: gr.Image) -> gr.Image:
+    """Make a failed upload a message instead of a bare "Error".
 
     Gradio opens an upload with Pillow before the handler runs; for a text file or an
-    empty file that raises, and users would see no explanation. `is_template` makes the
-    page use the ordinary image widget.
+    empty file that raises, and users would see no explanation. The instance's
+    `preprocess` is wrapped rather than `gr.Image` subclassed: Gradio's component
+    metaclass writes a `.pyi` stub beside the source file of every component class it
+    sees created, and the package must never write inside itself.
     """
+    preprocess = component.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
+    def explained(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Exception as exc:
             name = getattr(payload, "orig_name", None) or "the upload"
             raise gr.Error(f"{name} is not an image file this app can read ({exc.__class__.__name__}); "
                            f"upload a {SUPPORTED} image", print_exception=False) from None
+
+    component.preprocess = explained
+    return component
 
 
 def _error(message: str) -> gr.Error:
@@ -149,8 +153,8 @@ def build_demo(catalog: Catalog, examples: Sequence[Path] = ()) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                image = UploadImage(label="Image", type="filepath", image_mode=None,
-                                    sources=["upload", "clipboard"], height=300)
+                image = _explain_upload_errors(gr.Image(label="Image", type="filepath", image_mode=None,
+                                                        sources=["upload", "clipboard"], height=300))
                 model = gr.Dropdown(choices=choices, value=first, label="Model", interactive=bool(choices))
                 opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Overlay opacity")
                 with gr.Row():

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from stl_bench.data.decode import SUPPORTED, ImageLimits, open_checked
 from stl_bench.errors import StlBenchError
@@ -143,8 +144,8 @@ def prepare(image: Image.Image, data_config: dict[str, Any]) -> PreparedInput:
     _, out_h, out_w = data_config["input_size"]
     resample = _RESAMPLE.get(str(data_config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
     crop = image.convert("RGB").resize((out_w, out_h), resample, box=crop_box(image.size, data_config))
-    mean = np.asarray(data_config.get("mean", (0.485, 0.456, 0.406)), dtype=np.float32)
-    std = np.asarray(data_config.get("std", (0.229, 0.224, 0.225)), dtype=np.float32)
+    mean = np.asarray(data_config.get("mean", IMAGENET_DEFAULT_MEAN), dtype=np.float32)
+    std = np.asarray(data_config.get("std", IMAGENET_DEFAULT_STD), dtype=np.float32)
     arr = (np.asarray(crop, dtype=np.float32) / 255.0 - mean) / std
     batch = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]
     return PreparedInput(batch=batch, crop=crop)

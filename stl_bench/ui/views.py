@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from stl_bench.tokenmaps import (
+from stl_bench.ui.drawing import (
     confidence_overlay,
     display_scale,
     kept_overlay,
