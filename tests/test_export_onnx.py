@@ -9,14 +9,9 @@ import torch
 
 import stl_bench  # noqa: F401  (registers the FAN models)
 from stl_bench.cli import main
-from stl_bench.deploy.export_onnx import (
-    LOGITS,
-    TOKEN_LOGITS,
-    OnnxMetadata,
-    check_parity,
-    read_metadata,
-    real_images,
-)
+from stl_bench.data.real_images import real_images
+from stl_bench.deploy.onnx_format import LOGITS, TOKEN_LOGITS, OnnxMetadata, read_metadata
+from stl_bench.deploy.parity import check_parity
 from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
 
@@ -160,7 +155,7 @@ def test_onnx_without_our_metadata(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(StlBenchError, match="no stl-bench metadata.*re-export"):
         read_metadata(path)
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     with pytest.raises(StlBenchError, match="no stl-bench metadata"):
         open_runner(str(path))

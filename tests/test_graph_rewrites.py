@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import stl_bench  # noqa: F401
-from stl_bench.deploy.export_onnx import export_onnx, metadata_for
+from stl_bench.deploy.export_onnx import export_onnx
 from stl_bench.deploy.graph_rewrites import GraphOptions, prepare_for_export, token_attention
+from stl_bench.deploy.onnx_format import metadata_for
 from stl_bench.deploy.tensorrt import check_parser_supports
 from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model

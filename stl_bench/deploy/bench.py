@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import logging
 import os
 import platform
@@ -23,8 +24,9 @@ from typing import Callable
 
 import torch
 
-from stl_bench.deploy.runner import fuse_token_head
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import fuse_token_head
+from stl_bench.io import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,8 @@ def make_backends(config: BenchConfig, model: torch.nn.Module, arch: str, onnx_d
 
     def onnx_file(precision: str) -> Path:
         if precision not in onnx_paths:
-            from stl_bench.deploy.export_onnx import convert_fp16, export_onnx, metadata_for
+            from stl_bench.deploy.export_onnx import convert_fp16, export_onnx
+            from stl_bench.deploy.onnx_format import metadata_for
 
             fp32 = onnx_dir / f"{arch}.onnx"
             if not fp32.exists():
@@ -356,7 +359,7 @@ def run_benchmark(config: BenchConfig) -> list[BenchRow]:
     """Time every backend (batch 1 latency, batch-N throughput) and check its agreement."""
     import onnxruntime
 
-    from stl_bench.deploy.export_onnx import real_images
+    from stl_bench.data.real_images import real_images
     from stl_bench.deploy.runner import resolve_head
     from stl_bench.fan.factory import create_model, create_model_from_checkpoint
 
@@ -450,14 +453,11 @@ def format_table(rows: list[BenchRow]) -> str:
 
 
 def write_csv(rows: list[BenchRow], path: Path | str) -> Path:
-    """One row per backend, stable column names; written to a temporary file and renamed."""
-    from stl_bench.deploy.export_onnx import atomic_path
-
+    """One row per backend, stable column names; written whole or not at all (`stl_bench.io`)."""
     path = Path(path)
-    names = [f.name for f in fields(BenchRow)]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(BenchRow)])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+    return write_bytes(path, buffer.getvalue().encode("utf-8"))
