@@ -181,3 +181,17 @@ def test_export_uses_the_size_a_checkpoint_records(tmp_path):
     assert main(["export", str(path), "-o", str(out), "--batch-sizes", "1,2"]) == 0
     meta = read_metadata(out)
     assert tuple(meta.data_config["input_size"]) == (3, 48, 48)
+
+
+def test_output_in_an_unwritable_place_is_one_line_before_the_export(exported, tmp_path, capsys, monkeypatch):
+    """`-o` below a regular file cannot be written (even by root): one line, before any export work."""
+    import stl_bench.deploy.export_onnx as exporter
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    monkeypatch.setattr(exporter, "export_onnx", lambda *a, **k: pytest.fail("the export started"))
+    rc = main(["export", str(exported["ckpt"]), "-o", str(blocker / "sub" / "x.onnx"), "--tokens"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "cannot write the export output folder" in err and str(blocker / "sub") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
