@@ -200,11 +200,13 @@ class ExportHeads(nn.Module):
         super().__init__()
         self.model = model
         self.tokens = tokens
-        self.pair = TokenPairForward(model) if tokens else None  # shares `model`'s parameters
+        # Not a registered submodule: the graph's initializers keep the names `model.*`
+        # (a second path to the same parameters would rename them `pair.model.*`).
+        self._pair = (TokenPairForward(model),) if tokens else ()
 
     def forward(self, x: torch.Tensor) -> Any:
-        if self.pair is not None:
-            return self.pair(x)
+        if self._pair:
+            return self._pair[0](x)
         return self.model(x)
 
 
