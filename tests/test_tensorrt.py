@@ -116,6 +116,14 @@ def test_sidecar_that_is_not_a_json_object(tmp_path, content):
     assert "\n" not in str(info.value)
 
 
+def test_sidecar_that_is_not_text(tmp_path):
+    engine = tmp_path / "binary.engine"
+    engine.write_bytes(b"engine")
+    sidecar_path(engine).write_bytes(b"\xff\xfe\x00 not utf-8")
+    with pytest.raises(StlBenchError, match=r"binary\.engine\.json is not a readable engine sidecar"):
+        read_sidecar(engine)
+
+
 @pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT and a GPU are present: the refusal path does not apply")
 def test_without_gpu_or_tensorrt_one_clear_line(tmp_path, capsys):
     engine = _fabricate(tmp_path)

@@ -137,7 +137,12 @@ def read_sidecar(engine: Path | str) -> EngineSidecar:
             f"engine {engine} has no sidecar {path.name} (platform, IO specs, preprocessing); "
             "rebuild it with `stl-bench export MODEL.onnx --output ENGINE`"
         )
-    return EngineSidecar.from_json(path.read_text(), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StlBenchError(f"{path} is not a readable engine sidecar ({type(exc).__name__}); rebuild the engine") \
+            from None
+    return EngineSidecar.from_json(text, path)
 
 
 def check_platform(sidecar: EngineSidecar, here: Platform, engine: Path | str) -> None:
