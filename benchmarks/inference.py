@@ -31,8 +31,9 @@ import stl_bench  # noqa: E402,F401
 from stl_bench.deploy.bench import (  # noqa: E402
     Backend, BenchConfig, flops_per_image, format_table, gemm_peak_flops, run_benchmark, time_interleaved,
     torch_forward, write_csv)
-from stl_bench.deploy.export_onnx import export_onnx, metadata_for  # noqa: E402
+from stl_bench.deploy.export_onnx import export_onnx  # noqa: E402
 from stl_bench.deploy.graph_rewrites import GraphOptions  # noqa: E402
+from stl_bench.deploy.onnx_format import metadata_for  # noqa: E402
 from stl_bench.deploy.onnx_runner import OnnxRunner  # noqa: E402
 from stl_bench.fan import create_model  # noqa: E402
 

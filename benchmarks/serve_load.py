@@ -34,7 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import stl_bench  # noqa: E402,F401
-from stl_bench.deploy.runner import open_runner  # noqa: E402
+from stl_bench.deploy.open import open_runner  # noqa: E402
 from stl_bench.evaluate.preprocess import Preprocessing  # noqa: E402
 from stl_bench.serve.launcher import LaunchOptions, start  # noqa: E402
 from stl_bench.serve.protocol import PREDICT, ServeConfig  # noqa: E402

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 
 import pytest
 import torch
@@ -112,4 +113,18 @@ def test_gemm_peak_is_a_plausible_rate():
     from stl_bench.deploy.bench import gemm_peak_flops
 
     peak = gemm_peak_flops(torch.device("cpu"), size=256, iters=3)
-    assert 1e8 < peak < 1e15
+    # no CPU core does more than 64 FP32 FLOPs a cycle (two AVX-512 FMA units) at 6 GHz
+    ceiling = (os.cpu_count() or 1) * 64 * 6e9
+    assert 1e8 < peak < ceiling
+
+
+def test_gemm_peak_is_flops_over_the_timed_loop(monkeypatch):
+    """2 n^3 FLOPs per matmul, `iters` matmuls, divided by the time of the timed loop only."""
+    from types import SimpleNamespace
+
+    from stl_bench.deploy import bench
+
+    ticks = iter([10.0, 12.5])  # the timed loop's start and end
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    peak = bench.gemm_peak_flops(torch.device("cpu"), size=64, iters=5)
+    assert peak == pytest.approx(2 * 64**3 * 5 / 2.5)

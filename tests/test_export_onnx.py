@@ -9,14 +9,9 @@ import torch
 
 import stl_bench  # noqa: F401  (registers the FAN models)
 from stl_bench.cli import main
-from stl_bench.deploy.export_onnx import (
-    LOGITS,
-    TOKEN_LOGITS,
-    OnnxMetadata,
-    check_parity,
-    read_metadata,
-    real_images,
-)
+from stl_bench.data.real_images import real_images
+from stl_bench.deploy.onnx_format import LOGITS, TOKEN_LOGITS, OnnxMetadata, read_metadata
+from stl_bench.deploy.parity import check_parity
 from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
 
@@ -160,7 +155,7 @@ def test_onnx_without_our_metadata(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(StlBenchError, match="no stl-bench metadata.*re-export"):
         read_metadata(path)
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     with pytest.raises(StlBenchError, match="no stl-bench metadata"):
         open_runner(str(path))
@@ -186,3 +181,44 @@ def test_export_uses_the_size_a_checkpoint_records(tmp_path):
     assert main(["export", str(path), "-o", str(out), "--batch-sizes", "1,2"]) == 0
     meta = read_metadata(out)
     assert tuple(meta.data_config["input_size"]) == (3, 48, 48)
+
+
+def test_output_in_an_unwritable_place_is_one_line_before_the_export(exported, tmp_path, capsys, monkeypatch):
+    """`-o` below a regular file cannot be written (even by root): one line, before any export work."""
+    import stl_bench.deploy.export_onnx as exporter
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    monkeypatch.setattr(exporter, "export_onnx", lambda *a, **k: pytest.fail("the export started"))
+    rc = main(["export", str(exported["ckpt"]), "-o", str(blocker / "sub" / "x.onnx"), "--tokens"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "cannot write the export output folder" in err and str(blocker / "sub") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+
+
+def test_graph_with_side_file_is_written_whole_with_its_final_names(exported, tmp_path, monkeypatch):
+    """Above the protobuf limit the weights go to `<name>.onnx.data`: the CLI's final file
+    must name that side file (not the scratch one), and no temporaries stay behind."""
+    import os
+
+    import stl_bench.deploy.export_onnx as exporter
+    from stl_bench.deploy.onnx_runner import OnnxRunner
+    from stl_bench.io import current_umask
+
+    monkeypatch.setattr(exporter, "_SINGLE_FILE_LIMIT", 0)
+    out = tmp_path / "big.onnx"
+    assert main(["export", str(exported["ckpt"]), "-o", str(out), "--tokens", "--batch-sizes", "2"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    proto = onnx.load(str(out), load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"big.onnx.data"}
+    for path in (out, tmp_path / "big.onnx.data"):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()
+    x = real_images(read_metadata(out).data_config, 2)
+    want = OnnxRunner.open(exported["fp32"]).predict(x).logits
+    torch.testing.assert_close(OnnxRunner.open(out).predict(x).logits, want)
+    # a later small export of the same name drops the stale side file
+    monkeypatch.setattr(exporter, "_SINGLE_FILE_LIMIT", 1_800_000_000)
+    exporter.save_onnx(onnx.load(str(exported["fp32"])), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx"]

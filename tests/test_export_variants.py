@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import stl_bench  # noqa: F401
-from stl_bench.deploy.export_onnx import check_parity, export_onnx, metadata_for, real_images
+from stl_bench.data.real_images import real_images
+from stl_bench.deploy.export_onnx import export_onnx
+from stl_bench.deploy.onnx_format import metadata_for
+from stl_bench.deploy.parity import check_parity
 from stl_bench.fan import FAN_MODEL_NAMES, create_model
 
 IMG = 64

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import stl_bench  # noqa: F401
-from stl_bench.deploy.export_onnx import export_onnx, metadata_for
+from stl_bench.deploy.export_onnx import export_onnx
 from stl_bench.deploy.graph_rewrites import GraphOptions, prepare_for_export, token_attention
+from stl_bench.deploy.onnx_format import metadata_for
 from stl_bench.deploy.tensorrt import check_parser_supports
 from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
@@ -104,3 +105,23 @@ def test_tensorrt_before_10_14_refuses_the_attention_op(version, ok, tmp_path):
         with pytest.raises(StlBenchError, match="--opset 20"):
             check_parser_supports({"Attention", "MatMul"}, version, onnx_path)
     check_parser_supports({"MatMul", "Softmax"}, "10.0.1", onnx_path)  # an opset-20 graph builds anywhere
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_export_heads_outputs_and_parameter_names(tokens):
+    """The token pair comes through `TokenPairForward`, class logits through the model's own
+    forward; the parameters keep one name each (`model.*`), which the graph's initializers carry."""
+    torch.manual_seed(0)
+    model = create_model(VIT, num_classes=5).eval()
+    heads = prepare_for_export(model, (3, 32, 32), tokens, GraphOptions.none())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        got = heads(x)
+        want = model.forward_tokens(x) if tokens else model(x)
+    if tokens:
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+    else:
+        torch.testing.assert_close(got, want)
+    assert [n for n, _ in heads.named_parameters()] == [f"model.{n}" for n, _ in model.named_parameters()]

@@ -29,7 +29,7 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install
 
 from stl_bench.cli import main  # noqa: E402
 from stl_bench.data.folders import load_rgb  # noqa: E402
-from stl_bench.deploy.runner import open_runner  # noqa: E402
+from stl_bench.deploy.open import open_runner  # noqa: E402
 from stl_bench.evaluate.preprocess import Preprocessing  # noqa: E402
 from test_app import DIGIT, EXAMPLES, free_port, save_checkpoint  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch
 
 import stl_bench  # noqa: F401
 from stl_bench.cli import main
-from stl_bench.deploy.export_onnx import OnnxMetadata
+from stl_bench.deploy.onnx_format import OnnxMetadata
 from stl_bench.deploy.tensorrt import (
     BatchProfile,
     EngineSidecar,
@@ -105,10 +105,29 @@ def test_missing_and_damaged_sidecar(tmp_path):
         read_sidecar(tmp_path / "missing.engine")
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", '"an engine"', "42", "null"])
+def test_sidecar_that_is_not_a_json_object(tmp_path, content):
+    """Valid JSON of another shape is a one-line error naming the file, not an AttributeError."""
+    engine = tmp_path / "odd.engine"
+    engine.write_bytes(b"engine")
+    sidecar_path(engine).write_text(content)
+    with pytest.raises(StlBenchError, match=r"odd\.engine\.json is not an stl-bench engine sidecar") as info:
+        read_sidecar(engine)
+    assert "\n" not in str(info.value)
+
+
+def test_sidecar_that_is_not_text(tmp_path):
+    engine = tmp_path / "binary.engine"
+    engine.write_bytes(b"engine")
+    sidecar_path(engine).write_bytes(b"\xff\xfe\x00 not utf-8")
+    with pytest.raises(StlBenchError, match=r"binary\.engine\.json is not a readable engine sidecar"):
+        read_sidecar(engine)
+
+
 @pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT and a GPU are present: the refusal path does not apply")
 def test_without_gpu_or_tensorrt_one_clear_line(tmp_path, capsys):
     engine = _fabricate(tmp_path)
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     with pytest.raises(StlBenchError, match="TensorRT engines need an NVIDIA GPU and TensorRT"):
         open_runner(str(engine), device="cuda")

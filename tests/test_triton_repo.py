@@ -19,11 +19,12 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 import stl_bench  # noqa: F401  (registers the FAN models)
 from stl_bench.cli import main
-from stl_bench.deploy.export_onnx import OnnxMetadata, export_onnx, metadata_for
-from stl_bench.deploy.runner import fuse_token_head
+from stl_bench.deploy.export_onnx import export_onnx
+from stl_bench.deploy.onnx_format import OnnxMetadata, metadata_for
 from stl_bench.deploy.tensorrt import BatchProfile, EngineSidecar, Platform, TensorSpec, sidecar_path
 from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
+from stl_bench.fan.model import fuse_token_head
 from stl_bench.serve.triton_repo import (
     FUSED_TOKEN_WEIGHT,
     client_metadata_of,

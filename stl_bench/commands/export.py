@@ -112,12 +112,13 @@ def _load_model(args: argparse.Namespace):
 
 
 def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
-    """Export, check parity (FP32, then FP16 if asked) in a scratch folder, then move into place."""
-    import os
-
-    from stl_bench.deploy.export_onnx import check_parity, convert_fp16, export_onnx, metadata_for, real_images
+    """Export, check parity (FP32, then FP16 if asked) in a scratch folder, then write into place."""
+    from stl_bench.data.real_images import real_images
+    from stl_bench.deploy.export_onnx import convert_fp16, export_onnx
     from stl_bench.deploy.graph_rewrites import GraphOptions
-    from stl_bench.errors import StlBenchError
+    from stl_bench.deploy.onnx_format import metadata_for
+    from stl_bench.deploy.parity import check_parity
+    from stl_bench.io import TEMP_MARK
 
     model, arch, class_names, sha256, weights = _load_model(args)
     if getattr(model, "has_token_head", False) and not args.tokens:
@@ -127,8 +128,7 @@ def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
                         weights=weights, img_size=args.img_size)
     real = real_images(meta.data_config, max(32, *args.batch_sizes), args.images)
     options = GraphOptions.none() if args.no_rewrites else GraphOptions()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=TEMP_MARK, dir=output.parent) as scratch:
         fp32 = export_onnx(model, Path(scratch) / "model.onnx", meta, opset=args.opset, options=options)
         checks = [(fp32, check_parity(model, fp32, batch_sizes=args.batch_sizes, atol=args.atol, real=real))]
         if args.fp16:
@@ -136,17 +136,32 @@ def export_checked_onnx(args: argparse.Namespace, output: Path) -> Path:
             checks.append((fp16, check_parity(model, fp16, batch_sizes=args.batch_sizes, real=real,
                                               min_agreement=args.min_agreement)))
         final_names = [output.with_name(output.stem + ".fp32.onnx"), output] if args.fp16 else [output]
-        for (_, report), name in zip(checks, final_names):
-            report.path = str(name)
-            print(report.table())
-        failed = [r for _, r in checks if not r.passed]
-        if failed:
-            raise StlBenchError(f"{output}: parity check failed ({failed[0].reason}); nothing was written. "
-                                "Raise --atol/--min-agreement only if the differences above are acceptable")
-        for (path, _), name in zip(checks, final_names):
-            os.replace(path, name)
+        _publish(checks, final_names, output)
     print(f"wrote {output}" + (f" and {output.stem}.fp32.onnx" if args.fp16 else ""))
     return output
+
+
+def _publish(checks: list, final_names: list[Path], output: Path) -> None:
+    """Print the parity tables; write the checked graphs to their final names only if all passed.
+
+    A graph is re-saved rather than renamed: `save_onnx` writes it through `stl_bench.io`
+    (fsynced, umask mode) and, for a graph over 2 GiB, gives its weights file the final
+    name the graph must refer to.
+    """
+    import onnx
+
+    from stl_bench.deploy.export_onnx import save_onnx
+    from stl_bench.errors import StlBenchError
+
+    for (_, report), name in zip(checks, final_names):
+        report.path = str(name)
+        print(report.table())
+    failed = [r for _, r in checks if not r.passed]
+    if failed:
+        raise StlBenchError(f"{output}: parity check failed ({failed[0].reason}); nothing was written. "
+                            "Raise --atol/--min-agreement only if the differences above are acceptable")
+    for (path, _), name in zip(checks, final_names):
+        save_onnx(onnx.load(str(path)), name)
 
 
 def _check_triton_args(args: argparse.Namespace) -> None:
@@ -176,7 +191,7 @@ def _check_triton_args(args: argparse.Namespace) -> None:
     check_repo_folder(args.triton_repo)
     name = args.triton_name
     if not name and args.source and Path(args.source).suffix.lower() == ".onnx":
-        from stl_bench.deploy.export_onnx import read_metadata
+        from stl_bench.deploy.onnx_format import read_metadata
 
         name = default_name(read_metadata(Path(args.source)).arch)
     elif not name and args.model and not args.source:
@@ -215,8 +230,27 @@ def _triton_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_engine(args: argparse.Namespace, output: Path) -> None:
+    """A TensorRT engine from the exported .onnx source, or from the checkpoint via a checked export."""
+    from stl_bench.deploy.tensorrt import BatchProfile, build_engine, import_tensorrt
+    from stl_bench.io import ensure_writable_folder
+
+    profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+    import_tensorrt()  # no GPU or no TensorRT: say so before minutes of export work
+    ensure_writable_folder(output.parent, "export output")
+    if args.source and Path(args.source).suffix.lower() == ".onnx":
+        onnx_path = Path(args.source)
+    else:
+        onnx_path = export_checked_onnx(args, output.with_suffix(".onnx"))
+    sidecar = build_engine(onnx_path, output, profile=profile, workspace_gib=args.workspace_gib,
+                           timing_cache=args.timing_cache or output.with_name("timing.cache"))
+    print(f"wrote {output} (TensorRT {sidecar.platform.tensorrt_version}, {sidecar.platform.gpu_name}, "
+          f"batch {profile.min}..{profile.max}) and {output.name}.json")
+
+
 def run(args: argparse.Namespace) -> int:
     from stl_bench.errors import StlBenchError
+    from stl_bench.io import ensure_writable_folder
 
     _check_triton_args(args)
     if args.output is None:
@@ -224,24 +258,14 @@ def run(args: argparse.Namespace) -> int:
     output: Path = args.output
     suffix = output.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
-        from stl_bench.deploy.tensorrt import BatchProfile, build_engine, import_tensorrt
-
-        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
-        import_tensorrt()  # no GPU or no TensorRT: say so before minutes of export work
-        if args.source and Path(args.source).suffix.lower() == ".onnx":
-            onnx_path = Path(args.source)
-        else:
-            onnx_path = export_checked_onnx(args, output.with_suffix(".onnx"))
-        sidecar = build_engine(onnx_path, output, profile=profile, workspace_gib=args.workspace_gib,
-                               timing_cache=args.timing_cache or output.with_name("timing.cache"))
-        print(f"wrote {output} (TensorRT {sidecar.platform.tensorrt_version}, {sidecar.platform.gpu_name}, "
-              f"batch {profile.min}..{profile.max}) and {output.name}.json")
+        _build_engine(args, output)
     elif suffix != ".onnx":
         raise StlBenchError(f"--output {output} must end in .onnx or one of {', '.join(ENGINE_SUFFIXES)}")
     elif args.source and Path(args.source).suffix.lower() == ".onnx":
         raise StlBenchError(f"{args.source} is already ONNX; export from the checkpoint, pass --output FILE.engine, "
                             "or drop --output to write only a Triton repository (--triton-repo DIR)")
     else:
+        ensure_writable_folder(output.parent, "export output")  # before minutes of export work
         export_checked_onnx(args, output)
     if args.triton_repo is not None:
         _write_triton(args, output)

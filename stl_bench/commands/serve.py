@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stl_bench.deploy.runner import is_endpoint_url
-
     from stl_bench.serve.launcher import (LaunchOptions, StopSignals, curl_example, serve_until_stopped, start,
                                           write_config)
     from stl_bench.serve.protocol import HEALTH, MODEL, ServeConfig

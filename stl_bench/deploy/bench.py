@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import logging
 import os
 import platform
@@ -23,8 +24,9 @@ from typing import Callable
 
 import torch
 
-from stl_bench.deploy.runner import fuse_token_head
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import fuse_token_head
+from stl_bench.io import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,72 @@ def _why_not(exc: BaseException) -> str:
     return text[:240]
 
 
+PRECISIONS = {"eager": "fp32", "autocast-bf16": "bf16", "autocast-fp16": "fp16", "compile": "fp32",
+              "compile-bf16": "bf16", "ort": "fp32", "ort-fp16": "fp16", "tensorrt": "fp32", "tensorrt-fp16": "fp16"}
+
+
+class _ExportedFiles:
+    """The ONNX files and engines the ONNX Runtime and TensorRT backends run, each made once
+    (FP32 export first: the FP16 graph and the engines are built from it)."""
+
+    def __init__(self, config: BenchConfig, model: torch.nn.Module, arch: str, folder: Path) -> None:
+        self.config, self.model, self.arch, self.folder = config, model, arch, folder
+        self.paths: dict[str, Path] = {}
+
+    def onnx(self, precision: str) -> Path:
+        if precision not in self.paths:
+            from stl_bench.deploy.export_onnx import convert_fp16, export_onnx
+            from stl_bench.deploy.onnx_format import metadata_for
+
+            fp32 = self.folder / f"{self.arch}.onnx"
+            if not fp32.exists():
+                tokens = bool(getattr(self.model, "has_token_head", False))
+                meta = metadata_for(self.model, self.arch, tokens=tokens, img_size=self.config.img_size)
+                export_onnx(self.model, fp32, meta)
+            self.paths["fp32"] = fp32
+            if precision == "fp16":
+                self.paths["fp16"] = convert_fp16(fp32, self.folder / f"{self.arch}.fp16.onnx")
+        return self.paths[precision]
+
+    def engine(self, precision: str) -> Path:
+        from stl_bench.deploy.tensorrt import BatchProfile, build_engine
+
+        engine = self.folder / f"{self.arch}.{precision}.engine"
+        if not engine.exists():
+            batch = self.config.batch_size
+            build_engine(self.onnx(precision), engine, profile=BatchProfile(1, batch, max(batch, 1)),
+                         timing_cache=self.folder / "timing.cache")
+        return engine
+
+
+def _builders(config: BenchConfig, model: torch.nn.Module, device: torch.device,
+              files: _ExportedFiles) -> dict[str, Callable[[], Forward]]:
+    """How to make each backend's forward; called only for the backends asked for."""
+    threads = config.ort_threads
+    return {
+        "eager": lambda: torch_forward(model, device, None),
+        "autocast-bf16": lambda: torch_forward(model, device, torch.bfloat16),
+        "autocast-fp16": lambda: torch_forward(model, device, torch.float16),
+        "compile": lambda: _compiled_forward(model, device, None),
+        "compile-bf16": lambda: _compiled_forward(model, device, torch.bfloat16),
+        "ort": lambda: _ort_forward(files.onnx("fp32"), device, threads),
+        "ort-fp16": lambda: _ort_forward(files.onnx("fp16"), device, threads),
+        "tensorrt": lambda: _trt_forward(files.engine("fp32"), device),
+        "tensorrt-fp16": lambda: _trt_forward(files.engine("fp16"), device),
+    }
+
+
+def _notes(config: BenchConfig, device: torch.device) -> dict[str, str]:
+    cuda = device.type == "cuda"
+    return {
+        "compile": "inductor, CUDA graphs" if cuda else "inductor",
+        "compile-bf16": "inductor, CUDA graphs" if cuda else "inductor",
+        "ort": f"{'CUDA' if cuda else 'CPU'} EP, threads={config.ort_threads or 'default'}",
+        "ort-fp16": f"{'CUDA' if cuda else 'CPU'} EP, FP16 graph",
+        "tensorrt-fp16": "FP16 graph, strongly typed",
+    }
+
+
 def make_backends(config: BenchConfig, model: torch.nn.Module, arch: str, onnx_dir: Path) -> list[Backend]:
     """Build each requested backend; one that cannot run here becomes a skipped row with its reason."""
     device = torch.device(config.device)
@@ -167,54 +235,8 @@ def make_backends(config: BenchConfig, model: torch.nn.Module, arch: str, onnx_d
         raise StlBenchError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
     if "eager" not in names:
         names = ("eager", *names)  # the baseline every ratio refers to
-    tokens = bool(getattr(model, "has_token_head", False))
-    onnx_paths: dict[str, Path] = {}
-
-    def onnx_file(precision: str) -> Path:
-        if precision not in onnx_paths:
-            from stl_bench.deploy.export_onnx import convert_fp16, export_onnx, metadata_for
-
-            fp32 = onnx_dir / f"{arch}.onnx"
-            if not fp32.exists():
-                meta = metadata_for(model, arch, tokens=tokens, img_size=config.img_size)
-                export_onnx(model, fp32, meta)
-            onnx_paths["fp32"] = fp32
-            if precision == "fp16":
-                onnx_paths["fp16"] = convert_fp16(fp32, onnx_dir / f"{arch}.fp16.onnx")
-        return onnx_paths[precision]
-
-    def engine_file(precision: str) -> Path:
-        from stl_bench.deploy.tensorrt import BatchProfile, build_engine
-
-        engine = onnx_dir / f"{arch}.{precision}.engine"
-        if not engine.exists():
-            build_engine(onnx_file(precision), engine,
-                         profile=BatchProfile(1, config.batch_size, max(config.batch_size, 1)),
-                         timing_cache=onnx_dir / "timing.cache")
-        return engine
-
-    builders: dict[str, Callable[[], tuple[str, Forward]]] = {
-        "eager": lambda: ("fp32", torch_forward(model, device, None)),
-        "autocast-bf16": lambda: ("bf16", torch_forward(model, device, torch.bfloat16)),
-        "autocast-fp16": lambda: ("fp16", torch_forward(model, device, torch.float16)),
-        "compile": lambda: ("fp32", _compiled_forward(model, device, None)),
-        "compile-bf16": lambda: ("bf16", _compiled_forward(model, device, torch.bfloat16)),
-        "ort": lambda: ("fp32", _ort_forward(onnx_file("fp32"), device, config.ort_threads)),
-        "ort-fp16": lambda: ("fp16", _ort_forward(onnx_file("fp16"), device, config.ort_threads)),
-        "tensorrt": lambda: ("fp32", _trt_forward(engine_file("fp32"), device)),
-        "tensorrt-fp16": lambda: ("fp16", _trt_forward(engine_file("fp16"), device)),
-    }
-    precisions = {"eager": "fp32", "autocast-bf16": "bf16", "autocast-fp16": "fp16", "compile": "fp32",
-                  "compile-bf16": "bf16", "ort": "fp32", "ort-fp16": "fp16", "tensorrt": "fp32",
-                  "tensorrt-fp16": "fp16"}
-    cuda = device.type == "cuda"
-    notes = {
-        "compile": "inductor, CUDA graphs" if cuda else "inductor",
-        "compile-bf16": "inductor, CUDA graphs" if cuda else "inductor",
-        "ort": f"{'CUDA' if cuda else 'CPU'} EP, threads={config.ort_threads or 'default'}",
-        "ort-fp16": f"{'CUDA' if cuda else 'CPU'} EP, FP16 graph",
-        "tensorrt-fp16": "FP16 graph, strongly typed",
-    }
+    builders = _builders(config, model, device, _ExportedFiles(config, model, arch, onnx_dir))
+    notes = _notes(config, device)
     backends = []
     for name in names:
         if name.startswith("tensorrt"):
@@ -222,15 +244,14 @@ def make_backends(config: BenchConfig, model: torch.nn.Module, arch: str, onnx_d
 
             reason = tensorrt_unavailable_reason()
             if reason:
-                backends.append(Backend(name, precisions[name], None, skip=reason))
+                backends.append(Backend(name, PRECISIONS[name], None, skip=reason))
                 continue
         try:
-            precision, forward = builders[name]()
-            backends.append(Backend(name, precision, forward, note=notes.get(name, "")))
+            backends.append(Backend(name, PRECISIONS[name], builders[name](), note=notes.get(name, "")))
         except StlBenchError as exc:
             if name == "eager":
                 raise
-            backends.append(Backend(name, precisions[name], None, skip=_why_not(exc)))
+            backends.append(Backend(name, PRECISIONS[name], None, skip=_why_not(exc)))
     return backends
 
 
@@ -352,17 +373,12 @@ def _machine(device: torch.device) -> str:
 
 
 # --------------------------------------------------------------------------- the benchmark
-def run_benchmark(config: BenchConfig) -> list[BenchRow]:
-    """Time every backend (batch 1 latency, batch-N throughput) and check its agreement."""
-    import onnxruntime
+def _bench_model(config: BenchConfig, device: torch.device) -> tuple[torch.nn.Module, str, dict]:
+    """The model to time (from the checkpoint, else random weights), its name and its data config."""
+    import timm.data
 
-    from stl_bench.deploy.export_onnx import real_images
-    from stl_bench.deploy.runner import resolve_head
     from stl_bench.fan.factory import create_model, create_model_from_checkpoint
 
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StlBenchError("--device cuda needs an NVIDIA GPU, and PyTorch sees none; use --device cpu")
     kwargs = {"img_size": config.img_size} if config.img_size else {}
     if config.checkpoint:
         model, info = create_model_from_checkpoint(config.checkpoint, config.model, num_classes=config.num_classes,
@@ -374,13 +390,55 @@ def run_benchmark(config: BenchConfig) -> list[BenchRow]:
         model, arch = create_model(config.model, **kwargs), config.model
         log.info("%s has random weights (no checkpoint): agreement figures compare random logits", arch)
     model = model.eval().to(device)
-    tokens = bool(getattr(model, "has_token_head", False))
-    fused = resolve_head(config.head, tokens) == "fused"
-    import timm.data
-
     data_config = dict(timm.data.resolve_data_config({}, model=model))
     if config.img_size:
         data_config["input_size"] = (3, config.img_size, config.img_size)
+    return model, arch, data_config
+
+
+@dataclass
+class _Reference:
+    """What every backend's row is compared with: eager's timings and answers."""
+
+    latency: list[float]
+    throughput: list[float]
+    logits: torch.Tensor
+    tokens: torch.Tensor | None
+
+
+def _measured_row(b: Backend, latency: list[float], throughput: list[float], scores: tuple, ref: _Reference,
+                  flops: float, config: BenchConfig, common: dict) -> BenchRow:
+    p50 = statistics.median(latency)
+    tput = config.batch_size / statistics.median(throughput)
+    logits, toks = scores
+    top1 = float((logits.argmax(-1) == ref.logits.argmax(-1)).float().mean())
+    tok = (float((toks.argmax(-1) == ref.tokens.argmax(-1)).float().mean())
+           if toks is not None and ref.tokens is not None else None)
+    tflops = flops * tput / 1e12
+    return BenchRow(
+        backend=b.name, precision=b.precision,
+        latency_p50_ms=1e3 * p50, latency_p95_ms=1e3 * _percentile(latency, 95),
+        throughput_img_s=tput,
+        latency_speedup=statistics.median(ref.latency) / p50,
+        throughput_speedup=statistics.median(ref.throughput) / statistics.median(throughput),
+        top1_agreement=top1, token_agreement=tok, tflops=tflops,
+        mfu=tflops / config.peak_tflops if torch.device(config.device).type == "cuda" else None,
+        note=b.note, **common,
+    )
+
+
+def run_benchmark(config: BenchConfig) -> list[BenchRow]:
+    """Time every backend (batch 1 latency, batch-N throughput) and check its agreement."""
+    import onnxruntime
+
+    from stl_bench.data.real_images import real_images
+    from stl_bench.deploy.runner import resolve_head
+
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StlBenchError("--device cuda needs an NVIDIA GPU, and PyTorch sees none; use --device cpu")
+    model, arch, data_config = _bench_model(config, device)
+    fused = resolve_head(config.head, bool(getattr(model, "has_token_head", False))) == "fused"
     input_size = tuple(data_config["input_size"])
     gen = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, *input_size, generator=gen).to(device)
@@ -395,34 +453,20 @@ def run_benchmark(config: BenchConfig) -> list[BenchRow]:
         latency = time_interleaved(backends, x1, config.latency_iters, config.warmup, device)
         throughput = time_interleaved(backends, xb, config.throughput_iters, config.warmup, device)
         load = max(load_before, os.getloadavg()[0])
-        ref_logits, ref_tokens = _scores(backends[0].forward, real, config.batch_size, device, fused)
-        flops = flops_per_image(model, input_size)
-        rows = []
         base = backends[0].name
+        ref = _Reference(latency[base], throughput[base],
+                         *_scores(backends[0].forward, real, config.batch_size, device, fused))
+        flops = flops_per_image(model, input_size)
         common = dict(model=arch, device=str(device), batch=config.batch_size,
                       date=_dt.datetime.now().isoformat(timespec="seconds"), machine=_machine(device),
                       onnxruntime=onnxruntime.__version__, threads=torch.get_num_threads(), load_1m=round(load, 2))
+        rows = []
         for b in backends:
             if b.forward is None or b.name not in latency or b.name not in throughput:
                 rows.append(BenchRow(backend=b.name, precision=b.precision, status="skipped", note=b.skip, **common))
                 continue
-            p50 = statistics.median(latency[b.name])
-            tput = config.batch_size / statistics.median(throughput[b.name])
-            logits, toks = _scores(b.forward, real, config.batch_size, device, fused)
-            top1 = float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean())
-            tok = (float((toks.argmax(-1) == ref_tokens.argmax(-1)).float().mean())
-                   if toks is not None and ref_tokens is not None else None)
-            tflops = flops * tput / 1e12
-            rows.append(BenchRow(
-                backend=b.name, precision=b.precision,
-                latency_p50_ms=1e3 * p50, latency_p95_ms=1e3 * _percentile(latency[b.name], 95),
-                throughput_img_s=tput,
-                latency_speedup=statistics.median(latency[base]) / p50,
-                throughput_speedup=statistics.median(throughput[base]) / statistics.median(throughput[b.name]),
-                top1_agreement=top1, token_agreement=tok, tflops=tflops,
-                mfu=tflops / config.peak_tflops if device.type == "cuda" else None,
-                note=b.note, **common,
-            ))
+            scores = _scores(b.forward, real, config.batch_size, device, fused)
+            rows.append(_measured_row(b, latency[b.name], throughput[b.name], scores, ref, flops, config, common))
     return rows
 
 
@@ -450,14 +494,11 @@ def format_table(rows: list[BenchRow]) -> str:
 
 
 def write_csv(rows: list[BenchRow], path: Path | str) -> Path:
-    """One row per backend, stable column names; written to a temporary file and renamed."""
-    from stl_bench.deploy.export_onnx import atomic_path
-
+    """One row per backend, stable column names; written whole or not at all (`stl_bench.io`)."""
     path = Path(path)
-    names = [f.name for f in fields(BenchRow)]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(BenchRow)])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+    return write_bytes(path, buffer.getvalue().encode("utf-8"))

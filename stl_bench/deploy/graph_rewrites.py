@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import ChannelProcessing, FANBlock, TokenMixing, TokenPairForward
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +171,10 @@ def _fold_positional_encoding(model: nn.Module, input_size: Sequence[int]) -> bo
 
 
 def _fan_blocks(model: nn.Module) -> list[nn.Module]:
-    from stl_bench.fan.model import FANBlock
-
     return [b for b in getattr(model, "blocks", []) if isinstance(b, FANBlock)]
 
 
 def _reorder_channel_attention(model: nn.Module) -> int:
-    from stl_bench.fan.model import ChannelProcessing
-
     blocks = [b for b in _fan_blocks(model) if isinstance(b.mlp, ChannelProcessing)]
     for block in blocks:
         block.mlp = _TokenLastChannelProcessing(block.mlp)
@@ -185,8 +182,6 @@ def _reorder_channel_attention(model: nn.Module) -> int:
 
 
 def _use_attention_op(model: nn.Module) -> int:
-    from stl_bench.fan.model import TokenMixing
-
     blocks = [b for b in _fan_blocks(model) if isinstance(b.attn, TokenMixing)]
     for block in blocks:
         block.attn = _AttentionOpTokenMixing(block.attn)
@@ -196,20 +191,22 @@ def _use_attention_op(model: nn.Module) -> int:
 class ExportHeads(nn.Module):
     """The graph's outputs: `logits`, plus `token_logits` for a token export.
 
-    Class logits are always the plain class head: the fused STL score is computed by
-    the runner from both outputs, so every backend fuses the same way.
+    Class logits are always the plain class head (the model's own `forward`): the fused
+    STL score is computed by the runner from both outputs, so every backend fuses the
+    same way. A token export traces `TokenPairForward`, the model's (class, token) pair.
     """
 
     def __init__(self, model: nn.Module, tokens: bool) -> None:
         super().__init__()
         self.model = model
         self.tokens = tokens
-        if hasattr(model, "set_output"):
-            model.set_output("cls")
+        # Not a registered submodule: the graph's initializers keep the names `model.*`
+        # (a second path to the same parameters would rename them `pair.model.*`).
+        self._pair = (TokenPairForward(model),) if tokens else ()
 
     def forward(self, x: torch.Tensor) -> Any:
-        if self.tokens:
-            return self.model.forward_tokens(x)
+        if self._pair:
+            return self._pair[0](x)
         return self.model(x)
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from stl_bench.deploy.export_onnx import LOGITS, TOKEN_LOGITS, OnnxMetadata
-from stl_bench.deploy.runner import Prediction, Runner, RunnerInfo, fuse_token_head, resolve_head
+from stl_bench.deploy.onnx_format import LOGITS, TOKEN_LOGITS, OnnxMetadata
+from stl_bench.deploy.runner import Prediction, Runner, RunnerInfo, resolve_head
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import fuse_token_head
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""One inference interface shared by PyTorch, ONNX Runtime and TensorRT.
+"""One inference interface shared by PyTorch, ONNX Runtime, TensorRT and a served endpoint.
 
 The evaluation harness, the benchmarks and the app only ever see a `Runner`: they hand
 it a normalised NCHW float batch and get class logits, and token logits where the model
-has them. Each backend module adds a subclass; `open_runner` picks one from a path.
+has them. This module holds the base types only; each backend module adds a subclass,
+and `stl_bench.deploy.open.open_runner` picks one from a path or URL.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import torch
 
-from stl_bench.fan.model import fuse_token_head  # noqa: F401  (re-exported for the runners)
+from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import fuse_token_head
 
 
 @dataclass
@@ -109,92 +111,9 @@ def is_endpoint_url(source: object) -> bool:
 def resolve_head(head: str, has_tokens: bool) -> str:
     """"auto" means the fused head for token models (how STL's numbers were measured)."""
     if head not in HEADS:
-        from stl_bench.errors import StlBenchError
-
         raise StlBenchError(f"unknown head '{head}'; choose one of {', '.join(HEADS)}")
     if head == "auto":
         return "fused" if has_tokens else "cls"
     if head == "fused" and not has_tokens:
-        from stl_bench.errors import StlBenchError
-
         raise StlBenchError("the fused head needs a token-label model (a `*_token` variant); use --head cls")
     return head
-
-
-def open_runner(
-    source: str | None = None,
-    *,
-    model_name: str | None = None,
-    device: str | torch.device = "cpu",
-    head: str = "auto",
-    use_ema: bool = False,
-    num_classes: int | None = None,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    img_size: int | None = None,
-) -> Runner:
-    """Open whatever a user points at as a `Runner`.
-
-    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file,
-    a TensorRT engine or the URL of a `stl-bench serve` endpoint; with no source, `model_name` builds a randomly initialised
-    model (for benchmarks and smoke tests; a warning says so). A checkpoint's input size
-    is `img_size` if given, else what the file or its model card records (a 384-px
-    fine-tune is scored at 384), else the architecture's default. Exported files carry
-    theirs and ignore `img_size`.
-    """
-    import logging
-    from pathlib import Path
-
-    import timm.data
-
-    from stl_bench.errors import StlBenchError
-    from stl_bench.fan.factory import create_model, create_model_from_checkpoint, trained_input_hw
-
-    if source is not None:
-        if is_endpoint_url(source):
-            from stl_bench.serve.http_runner import HttpRunner
-
-            return HttpRunner.open(str(source), head=head)
-        path = Path(source)
-        suffix = path.suffix.lower()
-        if suffix == ".onnx":
-            from stl_bench.deploy.onnx_runner import OnnxRunner
-
-            return OnnxRunner.open(path, device=device, head=head)
-        if suffix in ENGINE_SUFFIXES:
-            from stl_bench.deploy.tensorrt_runner import TensorRTRunner
-
-            return TensorRTRunner.open(path, device=device, head=head)
-        model, ckpt = create_model_from_checkpoint(path, model_name, use_ema=use_ema, num_classes=num_classes)
-        name, weights, class_names = ckpt.arch, f"{ckpt.weights}:{path.name}", ckpt.class_names
-        extra = {"checkpoint": str(path), "checkpoint_format": ckpt.format}
-    else:
-        if not model_name:
-            raise StlBenchError("nothing to run: pass a checkpoint, an ONNX file or an engine, or --model NAME")
-        kwargs = {"num_classes": num_classes} if num_classes else {}
-        model = create_model(model_name, **kwargs)
-        logging.getLogger(__name__).warning("%s has random weights: no checkpoint was given", model_name)
-        name, weights, class_names, extra = model_name, "random-init", None, {}
-    has_tokens = bool(getattr(model, "has_token_head", False))
-    data_config = timm.data.resolve_data_config({}, model=model)
-    if img_size:
-        hw, why = (img_size, img_size), "--img-size"
-    elif source is not None:
-        hw, why = trained_input_hw(ckpt)
-    else:
-        hw, why = None, ""
-    if hw and tuple(hw) != tuple(data_config["input_size"][1:]):  # trained at another size than the default
-        data_config["input_size"] = (data_config["input_size"][0], *hw)
-        logging.getLogger(__name__).info("%s: input %dx%d (from %s)", name, hw[0], hw[1], why)
-    info = RunnerInfo(
-        name=name,
-        backend="torch",
-        num_classes=int(getattr(model, "num_classes", 0)),
-        data_config=data_config,
-        has_tokens=has_tokens,
-        head=resolve_head(head, has_tokens),
-        weights=weights,
-        class_names=class_names,
-        extra=extra,
-    )
-    return TorchRunner(model, info, device=device, amp_dtype=amp_dtype, channels_last=channels_last)

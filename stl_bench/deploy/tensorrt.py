@@ -12,14 +12,16 @@ temporary name and renamed.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stl_bench.deploy.export_onnx import INPUT_NAME, OnnxMetadata, atomic_path, read_metadata
+from stl_bench.deploy.onnx_format import INPUT_NAME, OnnxMetadata, read_metadata
 from stl_bench.errors import StlBenchError
+from stl_bench.io import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class EngineSidecar:
     def from_json(cls, text: str, source: Path) -> "EngineSidecar":
         try:
             raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise ValueError(f"it holds a JSON {type(raw).__name__}, not an object")
             if raw.get("format") != SIDECAR_FORMAT:
                 raise ValueError(f"format is {raw.get('format')!r}")
             return cls(
@@ -133,7 +137,12 @@ def read_sidecar(engine: Path | str) -> EngineSidecar:
             f"engine {engine} has no sidecar {path.name} (platform, IO specs, preprocessing); "
             "rebuild it with `stl-bench export MODEL.onnx --output ENGINE`"
         )
-    return EngineSidecar.from_json(path.read_text(), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StlBenchError(f"{path} is not a readable engine sidecar ({type(exc).__name__}); rebuild the engine") \
+            from None
+    return EngineSidecar.from_json(text, path)
 
 
 def check_platform(sidecar: EngineSidecar, here: Platform, engine: Path | str) -> None:
@@ -262,12 +271,7 @@ def build_engine(
     platform = Platform.current()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
-        raise StlBenchError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors[:500]}")
-
+    network, _parser = _parse_network(trt, builder, logger, onnx_path)  # the parser owns the network's weights
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if optimization_level is not None:
@@ -277,11 +281,9 @@ def build_engine(
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, *shapes)
     config.add_optimization_profile(opt_profile)
-
     cache_path = Path(timing_cache) if timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
 
     log.info("building a TensorRT %s engine for %s on %s (batch %d..%d, opt %d); this takes minutes",
              trt.__version__, meta.arch, platform.gpu_name, profile.min, profile.max, profile.opt)
@@ -291,33 +293,43 @@ def build_engine(
             f"TensorRT could not build an engine from {onnx_path} (see its log above); "
             f"try a larger --workspace-gib than {workspace_gib} or a smaller --max-batch than {profile.max}"
         )
-    tensors = []
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        tensors.append(TensorSpec(t.name, "input", _dtype_name(t.dtype), [int(d) for d in t.shape]))
-    for i in range(network.num_outputs):
-        t = network.get_output(i)
-        tensors.append(TensorSpec(t.name, "output", _dtype_name(t.dtype), [int(d) for d in t.shape]))
-    import hashlib
-
-    from stl_bench.fan.checkpoint import file_sha256
-
     blob = bytes(serialized)
     sidecar = EngineSidecar(
-        platform=platform, profile=profile, tensors=tensors, metadata=meta.to_props(),
-        onnx_sha256=file_sha256(onnx_path), workspace_bytes=int(workspace_gib * (1 << 30)),
+        platform=platform, profile=profile, tensors=_tensor_specs(network), metadata=meta.to_props(),
+        onnx_sha256=_file_sha256(onnx_path), workspace_bytes=int(workspace_gib * (1 << 30)),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         extra={"onnx": onnx_path.name, "precision": meta.precision,
                "engine_sha256": hashlib.sha256(blob).hexdigest()},
     )
     # Engine first, sidecar last: the sidecar's hash names the engine it describes, so
     # an engine whose sidecar write was cut off is recognised as undescribed on open.
-    with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(blob)
-    with atomic_path(sidecar_path(engine_path)) as tmp:
-        tmp.write_text(sidecar.to_json())
+    write_bytes(engine_path, blob)
+    write_text(sidecar_path(engine_path), sidecar.to_json())
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     log.info("wrote %s and %s", engine_path, sidecar_path(engine_path).name)
     return sidecar
+
+
+def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """A strongly typed network parsed from `onnx_path` (every layer's precision from the
+    graph), and its parser, which must outlive the build: it holds the weights."""
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise StlBenchError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors[:500]}")
+    return network, parser
+
+
+def _tensor_specs(network: Any) -> list[TensorSpec]:
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    return ([TensorSpec(t.name, "input", _dtype_name(t.dtype), [int(d) for d in t.shape]) for t in inputs]
+            + [TensorSpec(t.name, "output", _dtype_name(t.dtype), [int(d) for d in t.shape]) for t in outputs])
+
+
+def _file_sha256(path: Path) -> str:
+    from stl_bench.fan.checkpoint import file_sha256
+
+    return file_sha256(path)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from stl_bench.deploy.export_onnx import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata
-from stl_bench.deploy.runner import Prediction, Runner, RunnerInfo, fuse_token_head, resolve_head
+from stl_bench.deploy.onnx_format import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata
+from stl_bench.deploy.runner import Prediction, Runner, RunnerInfo, resolve_head
 from stl_bench.deploy.tensorrt import (
     EngineSidecar,
     Platform,
@@ -26,6 +26,7 @@ from stl_bench.deploy.tensorrt import (
     read_sidecar,
 )
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.model import fuse_token_head
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from ray.serve.metrics import Counter, Histogram
 
 from stl_bench.data.decode import ImageLimits
 from stl_bench.deploy.class_names import class_names_for
-from stl_bench.deploy.runner import Prediction, Runner, open_runner
+from stl_bench.deploy.open import open_runner
+from stl_bench.deploy.runner import Prediction, Runner
 from stl_bench.evaluate.preprocess import Preprocessing
 from stl_bench.serve.inputs import PreparedItem, model_inputs, prepare
 from stl_bench.serve.model_card import describe_runner, token_grid_of

@@ -113,7 +113,7 @@ def write_config(path: Path, cfg: ServeConfig, launch: LaunchOptions) -> Path:
     """The Ray Serve config file for this application (`serve deploy FILE`, KubeRay's RayService)."""
     import yaml
 
-    from stl_bench.evaluate.results import atomic_write_text
+    from stl_bench.io import write_text
 
     config = {
         "proxy_location": "HeadOnly" if launch.address is None else "EveryNode",
@@ -130,7 +130,7 @@ def write_config(path: Path, cfg: ServeConfig, launch: LaunchOptions) -> Path:
             "file at the path below.\n") + yaml.safe_dump(config, sort_keys=False)
     path = Path(path)
     try:
-        atomic_write_text(path, text)
+        write_text(path, text)
     except OSError as exc:
         raise StlBenchError(f"cannot write {path} ({exc.strerror}); pick a writable --write-config path") from None
     return path

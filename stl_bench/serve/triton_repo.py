@@ -30,14 +30,14 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from stl_bench.deploy.export_onnx import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata, atomic_path
+from stl_bench.deploy.onnx_format import INPUT_NAME, LOGITS, TOKEN_LOGITS, OnnxMetadata
 from stl_bench.deploy.runner import ENGINE_SUFFIXES
 from stl_bench.errors import StlBenchError
+from stl_bench.io import copy_file, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ LABELS_FILE = "labels.txt"
 METADATA_KEY = "stl_bench_metadata"
 KINDS = ("auto", "cpu", "gpu")
 # The weight of the token logits in the fused STL head, as in
-# `stl_bench.deploy.runner.fuse_token_head` (clients fuse: logits + w * token_logits.max(1)).
+# `stl_bench.fan.model.fuse_token_head` (clients fuse: logits + w * token_logits.max(1)).
 FUSED_TOKEN_WEIGHT = 0.5
 _INSTALL = 'pip install "stl-bench[serve]" (or pip install "tritonclient[grpc]")'
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -302,17 +302,6 @@ def config_text(config: Any, source_name: str) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def _copy_file(src: Path, dst: Path) -> None:
-    """A byte copy that a polling Triton (or a killed run) never sees half-written."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def _write_bytes(dst: Path, data: bytes) -> None:
-    with atomic_path(dst) as tmp:
-        tmp.write_bytes(data)
-
-
 def default_name(arch: str) -> str:
     """The architecture, made safe for a folder and a Triton model name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", arch).lstrip(".-") or "model"
@@ -415,16 +404,17 @@ def _write_files(source: _Source, model_dir: Path, version: int, text: str) -> N
     for other in set(MODEL_FILES.values()) - {MODEL_FILES[source.platform]}:
         for stale in (version_dir / other, version_dir / f"{other}.json"):
             stale.unlink(missing_ok=True)  # an earlier model of this name on the other platform
-    _copy_file(source.path, version_dir / MODEL_FILES[source.platform])
+    # stl_bench.io writes whole files only: a polling Triton never loads a half-copied model
+    copy_file(source.path, version_dir / MODEL_FILES[source.platform])
     for src, dst_name in source.companions:
-        _copy_file(src, version_dir / dst_name)
+        copy_file(src, version_dir / dst_name)
     labels = model_dir / LABELS_FILE
     if source.metadata.class_names:
         data = "".join(f"{c}\n" for c in source.metadata.class_names).encode()
-        _write_bytes(labels, data)
+        write_bytes(labels, data)
     elif labels.exists():
         labels.unlink()  # a stale list from an earlier model of this name
-    _write_bytes(model_dir / CONFIG_FILE, text.encode())
+    write_bytes(model_dir / CONFIG_FILE, text.encode())
 
 
 # --------------------------------------------------------------------------- checking
