@@ -8,4 +8,3 @@ functions that need them.
 __version__ = "0.1.0"
 
 from stl_bench import fan as _fan  # noqa: E402,F401  (registers the models in timm)
-from stl_bench import reference_cnn as _reference_cnn  # noqa: E402,F401  (registers alexnet_mini_32)

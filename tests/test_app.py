@@ -22,7 +22,7 @@ from PIL import Image
 
 import stl_bench  # noqa: F401  (registers the FAN models in timm)
 from stl_bench.commands.app import example_files
-from stl_bench.deploy.runner import open_runner
+from stl_bench.deploy.open import open_runner
 from stl_bench.stl.tokenmaps import token_grid
 from stl_bench.ui.drawing import class_color
 from stl_bench.ui.catalog import build_catalog, open_entry
@@ -273,7 +273,8 @@ def test_imagenet_model_gets_a_14x14_grid_imagenet_names_and_a_short_legend(tmp_
 @pytest.mark.slow
 def test_onnx_backend_gives_the_same_maps(tmp_path, demo_dir):
     pytest.importorskip("onnxruntime")
-    from stl_bench.deploy.export_onnx import export_onnx, metadata_for
+    from stl_bench.deploy.export_onnx import export_onnx
+    from stl_bench.deploy.onnx_format import metadata_for
     from stl_bench.fan.factory import create_model_from_checkpoint
 
     model, _ = create_model_from_checkpoint(demo_dir / "student" / "last.pt")

@@ -219,7 +219,7 @@ def _official_at(tmp_path, reference, name: str, **args) -> str:
     ({"input_size": None, "img_size": None}, None),
 ])
 def test_official_args_record_the_training_size(tmp_path, reference, args, hw):
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     path = _official_at(tmp_path, reference, "ft.pth.tar", **args)
     _, info = read_checkpoint(path)
@@ -230,7 +230,7 @@ def test_official_args_record_the_training_size(tmp_path, reference, args, hw):
 
 def test_model_card_names_the_size_of_a_file_that_records_none(tmp_path, reference, monkeypatch):
     """The official 384-px fine-tunes are matched to their card by file name."""
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     cards = tmp_path / "cards"
     cards.mkdir()

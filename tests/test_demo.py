@@ -52,7 +52,7 @@ def test_demo_writes_every_output(demo_run, capsys):
 
 @pytest.mark.slow
 def test_demo_export_matches_pytorch(demo_run):
-    from stl_bench.deploy.runner import open_runner
+    from stl_bench.deploy.open import open_runner
 
     runs, _ = demo_run
     onnx_runner = open_runner(str(runs / "student.onnx"))

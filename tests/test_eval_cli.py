@@ -21,7 +21,7 @@ IDX = {w: i for i, w in enumerate(WNIDS)}
 @pytest.fixture
 def lookup(monkeypatch):
     """Make `open_runner` return a lookup model whose predictions the test chose."""
-    import stl_bench.deploy.runner as runner_mod
+    import stl_bench.deploy.open as runner_mod
 
     state = {}
 

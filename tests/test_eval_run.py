@@ -24,7 +24,7 @@ from test_eval_kit import WNIDS, logits_table, make_runner, write_coded
 
 @pytest.fixture
 def lookup(monkeypatch):
-    import stl_bench.deploy.runner as runner_mod
+    import stl_bench.deploy.open as runner_mod
 
     state = {}
 

@@ -94,7 +94,8 @@ def test_onnx_export_keeps_the_official_hybrid_norms(tmp_path: Path, image: torc
     """The exported STL hybrid (graph rewrites on) reproduces the official logits in ONNX Runtime."""
     import onnx
 
-    from stl_bench.deploy.export_onnx import export_onnx, metadata_for
+    from stl_bench.deploy.export_onnx import export_onnx
+    from stl_bench.deploy.onnx_format import metadata_for
     from stl_bench.deploy.onnx_runner import OnnxRunner
 
     name = "fan_tiny_8_p4_hybrid_token"

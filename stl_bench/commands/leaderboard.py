@@ -6,7 +6,7 @@ import argparse
 NAME = "leaderboard"
 HELP = "print the leaderboard CSV and compare with the numbers reported in model cards"
 DESCRIPTION = (
-    "Print the leaderboard that `stl-bench eval` writes. For models with a card in models/ "
+    "Print the leaderboard that `stl-bench eval` writes. For models with a model card "
     "(reported IN-1K top-1, IN-C accuracy and mCE, IN-A, IN-R), print the reported number, the "
     "measured one and the difference (measured - reported), in percentage points."
 )
@@ -17,7 +17,7 @@ SHOWN = ["model", "head", "weights", "checkpoint", "params", "in1k_top1", "in1k_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("csv", nargs="?", default="eval_runs/leaderboard.csv", help="leaderboard CSV")
-    p.add_argument("--cards", metavar="DIR", help="folder of Markdown model cards (default: the repository's models/)")
+    p.add_argument("--cards", metavar="DIR", help="folder of Markdown model cards (default: the cards shipped in stl_bench/cards/)")
     p.add_argument("--all-columns", action="store_true", help="show every column, not the main ones")
     p.add_argument("--sort", default="in1k_top1", help="column to sort by (descending)")
 

@@ -6,7 +6,7 @@ import argparse
 NAME = "models"
 HELP = "list model cards and FAN variants, or inspect a checkpoint"
 DESCRIPTION = (
-    "Without options, list the model cards in models/ (the released official FAN and STL "
+    "Without options, list the model cards in stl_bench/cards/ (the released official FAN and STL "
     "checkpoints with their reported numbers and download links; nothing is downloaded). "
     "--all lists every registered FAN variant; --inspect loads a checkpoint strictly and says "
     "what it is; --show prints one card."
@@ -30,7 +30,7 @@ def _cards_table() -> str:
 
     cards = load_cards()
     if not cards:
-        return f"no model cards found in {cards_dir()} (set STL_BENCH_MODELS_DIR to the repository's models/ folder)"
+        return f"no model cards found in {cards_dir()} (set STL_BENCH_MODELS_DIR to a folder of model cards)"
     rows = []
     for c in cards.values():
         r = c["reported"]

@@ -183,7 +183,7 @@ def update_leaderboard(path: Path | str, row: dict[str, Any]):
 
 # -- model cards ---------------------------------------------------------------------------------
 def load_model_cards(cards_dir: Path | str | None = None) -> dict[str, dict]:
-    """Model cards keyed by name (the Markdown cards of `models/`, or of `cards_dir`).
+    """Model cards keyed by name (the Markdown cards of `stl_bench/cards/`, or of `cards_dir`).
 
     A missing folder is not an error: there is simply nothing to compare with.
     """

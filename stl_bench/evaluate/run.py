@@ -130,7 +130,8 @@ def default_run_dir(info: "RunnerInfo", checkpoint: str, served: bool) -> Path:
 
 def run_evaluation(request: EvalRequest) -> EvalResult:
     """Evaluate the missing cells of `request.suites`, then (rank 0) write every output."""
-    from stl_bench.deploy import runner as runner_mod
+    from stl_bench.deploy import open as opener
+    from stl_bench.deploy.runner import is_endpoint_url
     from stl_bench.distributed import DistContext
     from stl_bench.evaluate.harness import EvalSetup, evaluate
     from stl_bench.evaluate.loop import LoopConfig
@@ -141,13 +142,13 @@ def run_evaluation(request: EvalRequest) -> EvalResult:
     reference = resolve_reference(request.normalizer)  # fail before the model loads
     dist = DistContext.from_env(request.device)
     device = dist.device
-    runner = runner_mod.open_runner(
+    runner = opener.open_runner(
         request.source, model_name=request.model, device=device, head=request.head, use_ema=request.ema,
         num_classes=request.num_classes, amp_dtype=amp_dtype(request.amp, device),
         channels_last=request.channels_last, img_size=request.img_size)
     info = runner.info
     prep = Preprocessing.from_data_config(info.data_config)
-    served = runner_mod.is_endpoint_url(request.source)
+    served = is_endpoint_url(request.source)
     checkpoint = checkpoint_id(request.source, info, served)
     setup = EvalSetup(model=info.name, checkpoint=checkpoint, head=info.head, weights=info.weights or "",
                       preprocessing=prep.describe())

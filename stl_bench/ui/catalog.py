@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from stl_bench.deploy.class_names import class_names_for
-from stl_bench.deploy.runner import Runner, open_runner
+from stl_bench.deploy.open import open_runner
+from stl_bench.deploy.runner import Runner
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
