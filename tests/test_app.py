@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -39,23 +38,7 @@ from stl_bench.ui.blocks import _analyze, build_demo, launch  # noqa: E402
 NANO = "fan_nano_4_p4_32_token"
 DIGITS = [str(i) for i in range(10)]
 EXAMPLES = Path(__file__).resolve().parents[1] / "app" / "examples"
-DIGIT = EXAMPLES / "digit_3.png"
 CHROMIUM = os.environ.get("STL_BENCH_CHROMIUM", "/usr/bin/chromium")
-
-
-def save_checkpoint(path: Path, seed: int, arch: str = NANO) -> Path:
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "arch": arch, "num_classes": 10, "class_names": DIGITS,
-                "stl_bench_version": "0.1.0"}, path)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,16 +51,16 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
+def demo_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """A folder laid out as `stl-bench demo` writes it: labeler/ and student/ runs."""
     root = tmp_path_factory.mktemp("demo_runs")
-    save_checkpoint(root / "labeler" / "best.pt", seed=0)
-    save_checkpoint(root / "student" / "last.pt", seed=1)
+    tiny_checkpoint(root / "labeler" / "best.pt", seed=0)
+    tiny_checkpoint(root / "student" / "last.pt", seed=1)
     return root
 
 
 @pytest.fixture(scope="module")
-def served(demo_dir, tmp_path_factory):
+def served(free_port, demo_dir, tmp_path_factory):
     """The app on 127.0.0.1 with the demo runs plus a broken checkpoint; yields (url, demo, catalog)."""
     broken = tmp_path_factory.mktemp("broken") / "broken.pth"
     broken.write_text("this is not a checkpoint")
@@ -109,11 +92,11 @@ def test_demo_runs_are_found_and_served_on_localhost(served):
     assert catalog.pair() is not None
 
 
-def test_example_image_returns_the_patch_grid_and_classes(client, demo_dir):
-    top5, label_map, confidence, kept, compare, details, status = analyze(client, handle_file(str(DIGIT)))
+def test_example_image_returns_the_patch_grid_and_classes(digit_png, client, demo_dir):
+    top5, label_map, confidence, kept, compare, details, status = analyze(client, handle_file(str(digit_png)))
     # the page's numbers equal a direct computation with the library
     runner = open_runner(str(demo_dir / "student" / "last.pt"), use_ema=False)
-    pred = runner.predict(prepare(Image.open(DIGIT).convert("RGB"), runner.info.data_config).batch)
+    pred = runner.predict(prepare(Image.open(digit_png).convert("RGB"), runner.info.data_config).batch)
     assert token_grid(pred.token_logits.shape[1], (32, 32)) == (8, 8)
     expected = pred.token_logits[0].argmax(-1).reshape(8, 8).tolist()
     assert details["grid"] == [8, 8]
@@ -128,7 +111,7 @@ def test_example_image_returns_the_patch_grid_and_classes(client, demo_dir):
     assert top5["label"] == details["top5"][0]["class"]
 
     # at opacity 1 the centre of every patch in the label map shows its class's colour
-    full = np.asarray(Image.open(analyze(client, handle_file(str(DIGIT)), opacity=1.0)[1]).convert("RGB"))
+    full = np.asarray(Image.open(analyze(client, handle_file(str(digit_png)), opacity=1.0)[1]).convert("RGB"))
     assert full.shape[1] == 384 and full.shape[0] > 384  # the legend sits below the map
     centres = [[tuple(full[r * 48 + 24, c * 48 + 24]) for c in range(8)] for r in range(8)]
     assert centres == [[class_color(c) for c in row] for row in expected]
@@ -144,10 +127,10 @@ def _kept(details: dict) -> list[list[int]]:
     return [[int(a == b) for a, b in zip(la, sa)] for la, sa in zip(details["labels"], details["gumbel_sampled"])]
 
 
-def test_gumbel_seed_reproduces_and_changes_the_draw(client):
-    a = analyze(client, handle_file(str(DIGIT)), seed=7)[5]
-    b = analyze(client, handle_file(str(DIGIT)), seed=7)[5]
-    c = analyze(client, handle_file(str(DIGIT)), seed=8)[5]
+def test_gumbel_seed_reproduces_and_changes_the_draw(digit_png, client):
+    a = analyze(client, handle_file(str(digit_png)), seed=7)[5]
+    b = analyze(client, handle_file(str(digit_png)), seed=7)[5]
+    c = analyze(client, handle_file(str(digit_png)), seed=8)[5]
     assert a["gumbel_sampled"] == b["gumbel_sampled"]
     assert a["labels"] == c["labels"] and a["gumbel_sampled"] != c["gumbel_sampled"]
 
@@ -156,25 +139,25 @@ def test_gumbel_seed_reproduces_and_changes_the_draw(client):
     (b"just some text\n", "not an image file"),
     (b"", "not an image file"),
 ])
-def test_bad_uploads_give_a_message(client, tmp_path, content, message):
+def test_bad_uploads_give_a_message(digit_png, client, tmp_path, content, message):
     path = tmp_path / "upload.png"
     path.write_bytes(content)
     with pytest.raises(AppError, match=message):
         analyze(client, handle_file(str(path)))
     # the queue is still healthy afterwards
-    assert analyze(client, handle_file(str(DIGIT)))[5]["grid"] == [8, 8]
+    assert analyze(client, handle_file(str(digit_png)))[5]["grid"] == [8, 8]
 
 
-def test_missing_image_wrong_checkpoint_and_unknown_model_give_messages(client):
+def test_missing_image_wrong_checkpoint_and_unknown_model_give_messages(digit_png, client):
     with pytest.raises(AppError, match="Upload an image"):
         analyze(client, None)
     with pytest.raises(AppError, match="could not be opened"):
-        analyze(client, handle_file(str(DIGIT)), model="broken")
+        analyze(client, handle_file(str(digit_png)), model="broken")
     with pytest.raises(AppError, match="nope"):  # Gradio checks dropdown values itself
-        analyze(client, handle_file(str(DIGIT)), model="nope")
+        analyze(client, handle_file(str(digit_png)), model="nope")
 
 
-def test_oversized_and_odd_images(client, served, tmp_path):
+def test_oversized_and_odd_images(digit_png, client, served, tmp_path):
     url = served[0]
     # over the upload limit (1 MB in this server): refused before it reaches the handler
     noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
@@ -188,10 +171,10 @@ def test_oversized_and_odd_images(client, served, tmp_path):
     assert response.status_code == 413
     # grayscale, CMYK and an extreme aspect ratio
     gray = tmp_path / "gray.png"
-    Image.open(DIGIT).convert("L").save(gray)
+    Image.open(digit_png).convert("L").save(gray)
     assert "grayscale" in analyze(client, handle_file(str(gray)))[6]
     cmyk = tmp_path / "cmyk.jpg"
-    Image.open(DIGIT).convert("CMYK").save(cmyk)
+    Image.open(digit_png).convert("CMYK").save(cmyk)
     assert "CMYK" in analyze(client, handle_file(str(cmyk)))[6]
     strip = tmp_path / "strip.png"
     Image.new("RGB", (2000, 20), (9, 9, 9)).save(strip)
@@ -199,8 +182,8 @@ def test_oversized_and_odd_images(client, served, tmp_path):
         analyze(client, handle_file(str(strip)))
 
 
-def test_twenty_concurrent_requests_all_come_back(client):
-    image = handle_file(str(DIGIT))
+def test_twenty_concurrent_requests_all_come_back(digit_png, client):
+    image = handle_file(str(digit_png))
     start = time.perf_counter()
     jobs = [client.submit(image, "labeler" if i % 2 else "student", 0.5, i, api_name="/analyze") for i in range(20)]
     results = [job.result(timeout=120) for job in jobs]
@@ -210,9 +193,9 @@ def test_twenty_concurrent_requests_all_come_back(client):
     print(f"20 concurrent requests answered in {elapsed:.2f} s")
 
 
-def test_answers_in_well_under_a_second(client):
+def test_answers_in_well_under_a_second(digit_png, client):
     """Request to response through the queue, nano model on CPU (two maps plus the comparison)."""
-    image = handle_file(str(DIGIT))
+    image = handle_file(str(digit_png))
     analyze(client, image)  # warm-up
     round_trips, server = [], []
     for seed in range(5):
@@ -234,18 +217,18 @@ def test_port_in_use_is_a_clear_error(served):
         launch(demo, port=busy, prevent_thread_lock=True, quiet=True)
 
 
-def test_no_models_says_which_command_makes_them(tmp_path):
+def test_no_models_says_which_command_makes_them(digit_png, tmp_path):
     catalog = build_catalog(demo_root=tmp_path / "nothing")
     assert catalog.entries == {}
     with pytest.raises(gr.Error, match="stl-bench demo"):
-        _analyze(catalog, str(DIGIT), None, 0.5, 0, OutputFiles(tmp_path))
+        _analyze(catalog, str(digit_png), None, 0.5, 0, OutputFiles(tmp_path))
     build_demo(catalog, [])  # the page still builds, with the message as its status
 
 
-def test_plain_classifier_gives_top5_without_maps(tmp_path):
-    path = save_checkpoint(tmp_path / "plain.pth", seed=0, arch="fan_nano_4_p4_32")
+def test_plain_classifier_gives_top5_without_maps(tiny_checkpoint, digit_png, tmp_path):
+    path = tiny_checkpoint(tmp_path / "plain.pth", seed=0, arch="fan_nano_4_p4_32")
     catalog = build_catalog(models=[path])
-    top5, label_map, confidence, kept, compare, details, status = _analyze(catalog, str(DIGIT), "plain", 0.5, 0,
+    top5, label_map, confidence, kept, compare, details, status = _analyze(catalog, str(digit_png), "plain", 0.5, 0,
                                                                               OutputFiles(tmp_path))
     assert len(top5) == 5 and confidence is None and kept is None and "grid" not in details
     assert "no token head" in status
@@ -271,7 +254,7 @@ def test_imagenet_model_gets_a_14x14_grid_imagenet_names_and_a_short_legend(tmp_
 
 
 @pytest.mark.slow
-def test_onnx_backend_gives_the_same_maps(tmp_path, demo_dir):
+def test_onnx_backend_gives_the_same_maps(digit_png, tmp_path, demo_dir):
     pytest.importorskip("onnxruntime")
     from stl_bench.deploy.export_onnx import export_onnx
     from stl_bench.deploy.onnx_format import metadata_for
@@ -283,8 +266,8 @@ def test_onnx_backend_gives_the_same_maps(tmp_path, demo_dir):
     catalog = build_catalog(models=[onnx_path, demo_dir / "student" / "last.pt"])
     assert catalog.entries["student"].runner.info.backend == "onnxruntime-cpu"
     files = OutputFiles(tmp_path / "out")
-    via_onnx = _analyze(catalog, str(DIGIT), "student", 0.5, 3, files)[5]
-    via_torch = _analyze(catalog, str(DIGIT), "student-2", 0.5, 3, files)[5]
+    via_onnx = _analyze(catalog, str(digit_png), "student", 0.5, 3, files)[5]
+    via_torch = _analyze(catalog, str(digit_png), "student-2", 0.5, 3, files)[5]
     assert via_onnx["grid"] == via_torch["grid"] == [8, 8]
     agree = np.mean(np.array(via_onnx["labels"]) == np.array(via_torch["labels"]))
     assert agree >= 0.95  # fp32 parity is ~1e-6; only a near-tie could flip a patch

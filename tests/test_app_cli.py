@@ -42,12 +42,6 @@ def test_library_never_imports_the_app_folder_and_cli_start_stays_light():
     assert out.stdout.strip() == "[]"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _non_loopback_address() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -58,9 +52,9 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_app_script_serves_and_names_the_demo_command_without_models(tmp_path):
+def test_app_script_serves_and_names_the_demo_command_without_models(free_port, tmp_path):
     """`python app/app.py` (the same code as `stl-bench app`) in its own process, no models found."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "app" / "app.py"), "--port", str(port), "--demo-dir", str(tmp_path / "none")],

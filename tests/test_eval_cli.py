@@ -13,7 +13,7 @@ import torch
 
 from stl_bench.cli import main
 from stl_bench.evaluate.alexnet import ALEXNET_ERROR_BY_SEVERITY, STANDARD_CORRUPTIONS
-from test_eval_kit import A_WNIDS, WNIDS, logits_table, make_runner, write_coded
+from eval_kit import A_WNIDS, WNIDS, logits_table, make_runner, write_coded
 
 IDX = {w: i for i, w in enumerate(WNIDS)}
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from stl_bench.evaluate.harness import EvalSetup, evaluate
 from stl_bench.evaluate.loop import LoopConfig
 from stl_bench.evaluate.results import ResultStore
 from stl_bench.evaluate.suites import SuiteOptions, SuiteSpec
-from test_eval_kit import WNIDS, logits_table, make_runner, write_coded
+from eval_kit import WNIDS, logits_table, make_runner, write_coded
 
 SETUP = EvalSetup(model="lookup", checkpoint="test", head="cls", weights="test", preprocessing="test")
 OPTS = SuiteOptions(inc_corruptions=("fog", "snow"), inc_severities=(1, 2))
@@ -66,12 +65,6 @@ def _data_table(root: Path) -> torch.Tensor:
     return torch.load(root / "table.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_shards_cover_every_index_once_without_padding():
     for world in (1, 2, 3, 4):
         shards = [DistContext(rank=r, world_size=world).shard(range(10)) for r in range(world)]
@@ -80,13 +73,13 @@ def test_shards_cover_every_index_once_without_padding():
 
 
 @pytest.mark.timeout(120)
-def test_two_gloo_processes_match_one_process(tmp_path):
+def test_two_gloo_processes_match_one_process(free_port, tmp_path):
     table = _data(tmp_path)
     torch.save(table, tmp_path / "table.pt")
     single = evaluate(make_runner(table), _specs(tmp_path), OPTS, ResultStore(tmp_path / "run1"), SETUP,
                       loop=LoopConfig(batch_size=2, workers=0, progress=False))
     # fork: the children inherit the imported modules (spawn would re-import torch and timm)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     got = json.loads((tmp_path / "rank0.json").read_text())
     expected = _summary(single.cells)
     assert len(got["computed"]) == 5

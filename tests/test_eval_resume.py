@@ -12,7 +12,7 @@ from stl_bench.evaluate.inc_fly import CorruptionViews
 from stl_bench.evaluate.loop import LoopConfig
 from stl_bench.evaluate.results import ResultStore
 from stl_bench.evaluate.suites import CellKey, SuiteOptions, SuiteSpec
-from test_eval_kit import WNIDS, logits_table, make_runner, write_coded
+from eval_kit import WNIDS, logits_table, make_runner, write_coded
 
 SETUP = EvalSetup(model="lookup", checkpoint="test", head="cls", weights="test", preprocessing="test")
 LOOP = LoopConfig(batch_size=2, workers=0, progress=False)

@@ -19,7 +19,7 @@ from stl_bench.evaluate.run import (
     suite_specs,
 )
 from stl_bench.evaluate.suites import SuiteOptions
-from test_eval_kit import WNIDS, logits_table, make_runner, write_coded
+from eval_kit import WNIDS, logits_table, make_runner, write_coded
 
 
 @pytest.fixture

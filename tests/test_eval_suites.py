@@ -16,7 +16,7 @@ from stl_bench.evaluate.report import long_table, summarize
 from stl_bench.evaluate.results import ResultStore
 from stl_bench.io import write_text
 from stl_bench.evaluate.suites import CellKey, SuiteOptions, SuiteSpec, subset_indices
-from test_eval_kit import A_WNIDS, R_WNIDS, WNIDS, logits_table, make_runner, write_coded
+from eval_kit import A_WNIDS, R_WNIDS, WNIDS, logits_table, make_runner, write_coded
 
 SETUP = EvalSetup(model="lookup", checkpoint="test", head="cls", weights="test", preprocessing="test")
 LOOP = LoopConfig(batch_size=4, workers=0, progress=False)

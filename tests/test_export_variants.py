@@ -20,22 +20,9 @@ IMG = 64
 CLASSES = 5
 
 
-def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial layer scales, temperatures, norms and biases (a fresh model has ones
-    and zeros there, which would hide a wrong fold of the export rewrites)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf.startswith("gamma") or leaf == "temperature" or (leaf == "weight" and p.dim() == 1):
-                p.uniform_(0.5, 1.5)
-            elif leaf == "bias":
-                p.normal_(0.0, 0.1)
-    return model
-
-
-def _export_and_check(name: str, tmp_path, **model_kwargs) -> None:
+def _export_and_check(trained_looking, name: str, tmp_path, **model_kwargs) -> None:
     torch.manual_seed(0)
-    model = _trained_looking(create_model(name, num_classes=CLASSES, img_size=IMG, **model_kwargs).eval())
+    model = trained_looking(create_model(name, num_classes=CLASSES, img_size=IMG, **model_kwargs).eval())
     tokens = bool(model.has_token_head)
     meta = metadata_for(model, name, tokens=tokens, img_size=IMG)
     path = export_onnx(model, tmp_path / f"{name}.onnx", meta)
@@ -51,11 +38,11 @@ def _export_and_check(name: str, tmp_path, **model_kwargs) -> None:
 
 
 @pytest.mark.parametrize("name", ["fan_tiny_8_p4_hybrid_token", "fan_small_12_p16_224_se_attn"])
-def test_each_stem_and_block_type_exports_at_depth_1(name, tmp_path):
-    _export_and_check(name, tmp_path, depth=1)
+def test_each_stem_and_block_type_exports_at_depth_1(trained_looking, name, tmp_path):
+    _export_and_check(trained_looking, name, tmp_path, depth=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAN_MODEL_NAMES)
-def test_every_variant_exports_with_parity(name, tmp_path):
-    _export_and_check(name, tmp_path)
+def test_every_variant_exports_with_parity(trained_looking, name, tmp_path):
+    _export_and_check(trained_looking, name, tmp_path)

@@ -14,8 +14,6 @@ from stl_bench.errors import StlBenchError
 from stl_bench.fan import create_model
 from stl_bench.fan.model import FANBlock
 
-from test_export_variants import _trained_looking
-
 VIT = "fan_nano_4_p4_32_token"
 ONE_AT_A_TIME = [
     GraphOptions(True, False, False, False),
@@ -26,9 +24,9 @@ ONE_AT_A_TIME = [
 ]
 
 
-def _model(name: str = VIT, **kwargs) -> torch.nn.Module:
+def _model(trained_looking, name: str = VIT, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _trained_looking(create_model(name, num_classes=7, **kwargs).eval())
+    return trained_looking(create_model(name, num_classes=7, **kwargs).eval())
 
 
 @pytest.mark.parametrize("options", ONE_AT_A_TIME, ids=lambda o: "".join(str(int(v)) for v in vars(o).values()))
@@ -38,8 +36,8 @@ def _model(name: str = VIT, **kwargs) -> torch.nn.Module:
     ("fan_small_12_p16_224_se_attn", {"img_size": 64, "depth": 2}),
     ("fan_tiny_8_p4_hybrid_token", {"img_size": 64, "depth": 2}),
 ], ids=["nano-token", "nano-qkv-bias", "se", "hybrid"])
-def test_each_rewrite_keeps_the_outputs(name, kwargs, options):
-    model = _model(name, **kwargs)
+def test_each_rewrite_keeps_the_outputs(trained_looking, name, kwargs, options):
+    model = _model(trained_looking, name, **kwargs)
     tokens = bool(model.has_token_head)
     size = (3, kwargs.get("img_size", 32), kwargs.get("img_size", 32))
     plain = prepare_for_export(model, size, tokens, GraphOptions.none())
@@ -54,11 +52,11 @@ def test_each_rewrite_keeps_the_outputs(name, kwargs, options):
     assert all(isinstance(b.gamma1, torch.nn.Parameter) for b in model.blocks)
 
 
-def test_fold_layer_scales_removes_the_scales_and_keeps_the_block():
+def test_fold_layer_scales_removes_the_scales_and_keeps_the_block(trained_looking):
     torch.manual_seed(0)
     for se in (False, True):
         block = FANBlock(32, 4, se_mlp=se).eval()
-        _trained_looking(block)
+        trained_looking(block)
         x = torch.randn(2, 12, 32)
         with torch.no_grad():
             want = block(x, 3, 4)
@@ -82,8 +80,8 @@ def _ops(path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
-def test_default_export_uses_the_attention_op_and_opset_20_does_not(tmp_path):
-    model = _model()
+def test_default_export_uses_the_attention_op_and_opset_20_does_not(trained_looking, tmp_path):
+    model = _model(trained_looking)
     meta = metadata_for(model, VIT, tokens=True)
     new = _ops(export_onnx(model, tmp_path / "23.onnx", meta))
     old = _ops(export_onnx(model, tmp_path / "20.onnx", meta, opset=20))

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from stl_bench.cli import main
-from test_app import save_checkpoint
 
 
 def test_missing_model_file_is_one_line(tmp_path, capsys):
@@ -16,8 +15,8 @@ def test_missing_model_file_is_one_line(tmp_path, capsys):
     assert err.startswith("error: model file") and "does not exist" in err and "\n" not in err
 
 
-def test_port_in_use_is_one_line(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "m.pt", seed=0)
+def test_port_in_use_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=0)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -33,26 +32,26 @@ def test_port_in_use_is_one_line(tmp_path, capsys):
     (["--port", "70000"], "--port"),
     (["--batch-wait-ms", "-1"], "--batch-wait-ms"),
 ])
-def test_bad_flags_are_one_line(tmp_path, capsys, flags, words):
-    ckpt = save_checkpoint(tmp_path / "m.pt", seed=0)
+def test_bad_flags_are_one_line(tiny_checkpoint, tmp_path, capsys, flags, words):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=0)
     assert main(["serve", str(ckpt), *flags]) == 1
     assert words in capsys.readouterr().err
 
 
-def test_auth_disabled_is_refused_for_the_embedded_instance(tmp_path, capsys, monkeypatch):
+def test_auth_disabled_is_refused_for_the_embedded_instance(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ckpt = save_checkpoint(tmp_path / "m.pt", seed=0)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=0)
     assert main(["serve", str(ckpt), "--port", "8124"]) == 1
     assert "RAY_AUTH_MODE=disabled" in capsys.readouterr().err
 
 
-def test_write_config_is_a_valid_ray_serve_config(tmp_path, capsys):
+def test_write_config_is_a_valid_ray_serve_config(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("ray.serve")
     from ray.serve.schema import ServeDeploySchema
 
     from stl_bench.serve.deployment import build_app
 
-    ckpt = save_checkpoint(tmp_path / "m.pt", seed=0)
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=0)
     out = tmp_path / "serve.yaml"
     assert main(["serve", str(ckpt), "--write-config", str(out), "--replicas", "3", "--cpus-per-replica", "2",
                  "--max-batch", "24", "--port", "9000"]) == 0

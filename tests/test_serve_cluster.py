@@ -10,13 +10,10 @@ import pytest
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'stl-bench[serve]')")
 
-from test_app import DIGIT, free_port, save_checkpoint  # noqa: E402
-from test_serve_live import _request, _wait_health  # noqa: E402
-
 pytestmark = pytest.mark.slow
 
 
-def test_serve_joins_a_cluster_and_leaves_it_running(tmp_path):
+def test_serve_joins_a_cluster_and_leaves_it_running(http, tiny_checkpoint, free_port, digit_png, tmp_path):
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command, from this interpreter's Ray
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     gcs_port = free_port()
@@ -24,15 +21,15 @@ def test_serve_joins_a_cluster_and_leaves_it_running(tmp_path):
                     "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
                    capture_output=True, timeout=180)
     try:
-        ckpt = save_checkpoint(tmp_path / "m.pt", seed=1)
+        ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=1)
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "stl_bench", "serve", str(ckpt), "--address",
                                  f"127.0.0.1:{gcs_port}", "--port", str(port)], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_health(url, proc)
-            status, out = _request(url + "/v1/predict", DIGIT.read_bytes(), "image/png")
+            http.wait_health(url, proc)
+            status, out = http.request(url + "/v1/predict", digit_png.read_bytes(), "image/png")
             assert status == 200 and out["predictions"][0]["top_k"]
         finally:
             proc.send_signal(signal.SIGINT)

@@ -31,26 +31,10 @@ from stl_bench.cli import main  # noqa: E402
 from stl_bench.data.folders import load_rgb  # noqa: E402
 from stl_bench.deploy.open import open_runner  # noqa: E402
 from stl_bench.evaluate.preprocess import Preprocessing  # noqa: E402
-from test_app import DIGIT, EXAMPLES, free_port, save_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TOKEN_ARCH = "fan_nano_4_p4_32_token"
 MAX_BODY_MB = 1
-
-
-def _request(url: str, data: bytes | None = None, ctype: str | None = None, timeout: float = 60) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    if ctype:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        text = err.read()
-        try:
-            return err.code, json.loads(text or b"{}")
-        except ValueError:  # Ray's proxy answers 404/503 in plain text while the app deploys
-            return err.code, {"text": text.decode(errors="replace")}
 
 
 def _multipart(field: str, filename: str, data: bytes, ctype: str) -> tuple[bytes, str]:
@@ -60,24 +44,10 @@ def _multipart(field: str, filename: str, data: bytes, ctype: str) -> tuple[byte
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"stl-bench serve exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if _request(url + "/v1/health", timeout=5)[0] == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy in {timeout} s")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(http, tiny_checkpoint, free_port, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    ckpt = save_checkpoint(root / "student.pt", seed=3, arch=TOKEN_ARCH)
+    ckpt = tiny_checkpoint(root / "student.pt", seed=3, arch=TOKEN_ARCH)
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "stl_bench", "serve", str(ckpt), "--port", str(port), "--max-batch", "16",
@@ -86,7 +56,7 @@ def server(tmp_path_factory):
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_health(url, proc)
+        http.wait_health(url, proc)
         yield {"url": url, "port": port, "proc": proc, "ckpt": ckpt, "root": root, "metrics_port": metrics_port}
     finally:
         if proc.poll() is None:
@@ -105,16 +75,16 @@ def _in_process(ckpt: Path, paths: list[Path]):
     return runner, runner.predict(x)
 
 
-def test_start_up_prints_url_and_curl(server):
+def test_start_up_prints_url_and_curl(http, server):
     assert server["proc"].poll() is None
-    status, card = _request(server["url"] + "/v1/model")
+    status, card = http.request(server["url"] + "/v1/model")
     assert status == 200 and card["name"] == TOKEN_ARCH and card["head"] == "fused" and card["token_grid"] == [8, 8]
     assert card["backend"] == "torch" and card["precision"] == "fp32" and len(card["checkpoint_sha256"]) == 64
     assert card["input_size"] == [32, 32] and card["num_classes"] == 10
 
 
-def test_predictions_equal_the_in_process_runner(server):
-    paths = sorted(EXAMPLES.glob("*.png"))
+def test_predictions_equal_the_in_process_runner(digit_png, http, server):
+    paths = sorted(digit_png.parent.glob("*.png"))
     runner, want = _in_process(server["ckpt"], paths)
     for i, path in enumerate(paths):
         data = path.read_bytes()
@@ -122,7 +92,7 @@ def test_predictions_equal_the_in_process_runner(server):
             body, ctype = _multipart("image", path.name, data, "image/png")
         else:
             body, ctype = data, "image/png"
-        status, out = _request(server["url"] + "/v1/predict?logits=1&tokens=1&top_k=3", body, ctype)
+        status, out = http.request(server["url"] + "/v1/predict?logits=1&tokens=1&top_k=3", body, ctype)
         assert status == 200, out
         pred = out["predictions"][0]
         assert pred["top_k"][0]["index"] == int(want.logits[i].argmax())
@@ -133,12 +103,12 @@ def test_predictions_equal_the_in_process_runner(server):
         assert out["head"] == "fused" and out["timing"]["batch_images"] >= 1
 
 
-def test_concurrent_requests_are_batched(server):
-    data = DIGIT.read_bytes()
-    assert _request(server["url"] + "/v1/health")[0] == 200
+def test_concurrent_requests_are_batched(http, digit_png, server):
+    data = digit_png.read_bytes()
+    assert http.request(server["url"] + "/v1/health")[0] == 200
 
     def one(_):
-        return _request(server["url"] + "/v1/predict", data, "image/png", timeout=120)
+        return http.request(server["url"] + "/v1/predict", data, "image/png", timeout=120)
 
     with ThreadPoolExecutor(30) as pool:
         results = list(pool.map(one, range(30)))
@@ -149,7 +119,7 @@ def test_concurrent_requests_are_batched(server):
     tops = [out["predictions"][0]["top_k"][0] for _, out in results]
     assert len({t["index"] for t in tops}) == 1
     assert max(t["probability"] for t in tops) - min(t["probability"] for t in tops) < 1e-5
-    assert _request(server["url"] + "/v1/health")[0] == 200
+    assert http.request(server["url"] + "/v1/health")[0] == 200
 
 
 def test_prometheus_metrics_count_requests_and_batches(server):
@@ -184,7 +154,7 @@ def _png(w: int, h: int) -> bytes:
     (None, "image/png", 422),  # 20000 x 20
     (b"{}", "application/json", 415),
 ], ids=["not-image", "empty", "truncated-jpeg", "too-big", "1x1", "20000x20", "json"])
-def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, request, body, ctype, status):
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, digit_png, server, request, body, ctype, status):
     case = request.node.callspec.id
     if case == "truncated-jpeg":
         buf = io.BytesIO()
@@ -194,9 +164,9 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server, request,
         body = _png(1, 1)
     elif case == "20000x20":
         body = _png(20000, 20)
-    code, out = _request(server["url"] + "/v1/predict", body, ctype)
+    code, out = http.request(server["url"] + "/v1/predict", body, ctype)
     assert code == status and out["error"], out
-    assert _request(server["url"] + "/v1/predict", DIGIT.read_bytes(), "image/png")[0] == 200
+    assert http.request(server["url"] + "/v1/predict", digit_png.read_bytes(), "image/png")[0] == 200
 
 
 def test_eval_through_the_endpoint_equals_in_process(server, tmp_path):
@@ -243,14 +213,14 @@ def test_http_port_listens_on_loopback_only(server):
     assert all(n in ray_services or n.startswith("ray::") or n.startswith("python") for n in exposed), exposed
 
 
-def test_a_killed_replica_is_restarted(server):
-    status, card = _request(server["url"] + "/v1/model")
+def test_a_killed_replica_is_restarted(http, digit_png, server):
+    status, card = http.request(server["url"] + "/v1/model")
     old = card["replica_pid"]
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            status, card = _request(server["url"] + "/v1/model", timeout=10)
+            status, card = http.request(server["url"] + "/v1/model", timeout=10)
             if status == 200 and card["replica_pid"] != old:
                 break
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
@@ -258,7 +228,7 @@ def test_a_killed_replica_is_restarted(server):
         time.sleep(1)
     else:
         pytest.fail("Ray Serve did not restart the killed replica within 180 s")
-    assert _request(server["url"] + "/v1/predict", DIGIT.read_bytes(), "image/png")[0] == 200
+    assert http.request(server["url"] + "/v1/predict", digit_png.read_bytes(), "image/png")[0] == 200
 
 
 def test_ctrl_c_shuts_down_cleanly(server):
