@@ -90,6 +90,26 @@ def trained_looking() -> Callable[[torch.nn.Module], torch.nn.Module]:
     return _trained_looking
 
 
+@pytest.fixture
+def lookup(monkeypatch) -> dict:
+    """Make `open_runner` return a lookup model whose predictions the test chose.
+
+    The test puts its logits table in `lookup["table"]`; the keyword arguments the
+    command passed to `open_runner` land in `lookup["kwargs"]`.
+    """
+    import stl_bench.deploy.open as opener
+    from eval_kit import make_runner
+
+    state: dict = {}
+
+    def fake_open_runner(source=None, **kwargs):
+        state["kwargs"] = kwargs
+        return make_runner(state["table"], name="lookup_model", head="cls")
+
+    monkeypatch.setattr(opener, "open_runner", fake_open_runner)
+    return state
+
+
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """A function that returns a free TCP port on 127.0.0.1."""

@@ -136,6 +136,18 @@ def test_layers_import_only_downwards(layer):
     assert bad == []
 
 
+def test_deploy_reads_files_without_the_exporter_and_dispatches_in_one_place():
+    graph = _graph()
+    backends = {"stl_bench.deploy.onnx_runner", "stl_bench.deploy.tensorrt_runner", "stl_bench.serve.http_runner"}
+    exporter = {"stl_bench.deploy.export_onnx", "stl_bench.deploy.graph_rewrites", "stl_bench.deploy.parity"}
+    assert not graph["stl_bench.deploy.runner"] & (backends | exporter | {"stl_bench.deploy.open"})
+    assert not {m for m in graph["stl_bench.deploy.onnx_format"] if m.startswith("stl_bench.deploy")}, \
+        "the file format imports no other deploy module"
+    for reader in (*backends, "stl_bench.deploy.tensorrt", "stl_bench.serve.triton_repo"):
+        assert not graph[reader] & exporter, f"{reader} must read files without the exporter"
+    assert backends <= graph["stl_bench.deploy.open"]
+
+
 def test_the_checker_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -13,24 +13,9 @@ import torch
 
 from stl_bench.cli import main
 from stl_bench.evaluate.alexnet import ALEXNET_ERROR_BY_SEVERITY, STANDARD_CORRUPTIONS
-from eval_kit import A_WNIDS, WNIDS, logits_table, make_runner, write_coded
+from eval_kit import A_WNIDS, WNIDS, logits_table, write_coded
 
 IDX = {w: i for i, w in enumerate(WNIDS)}
-
-
-@pytest.fixture
-def lookup(monkeypatch):
-    """Make `open_runner` return a lookup model whose predictions the test chose."""
-    import stl_bench.deploy.open as runner_mod
-
-    state = {}
-
-    def fake_open_runner(source=None, **kwargs):
-        state["kwargs"] = kwargs
-        return make_runner(state["table"], name="lookup_model", head="cls")
-
-    monkeypatch.setattr(runner_mod, "open_runner", fake_open_runner)
-    return state
 
 
 def _data(root: Path) -> torch.Tensor:

@@ -19,21 +19,7 @@ from stl_bench.evaluate.run import (
     suite_specs,
 )
 from stl_bench.evaluate.suites import SuiteOptions
-from eval_kit import WNIDS, logits_table, make_runner, write_coded
-
-
-@pytest.fixture
-def lookup(monkeypatch):
-    import stl_bench.deploy.open as runner_mod
-
-    state = {}
-
-    def fake_open_runner(source=None, **kwargs):
-        state["kwargs"] = kwargs
-        return make_runner(state["table"], name="lookup_model", head="cls")
-
-    monkeypatch.setattr(runner_mod, "open_runner", fake_open_runner)
-    return state
+from eval_kit import WNIDS, logits_table, write_coded
 
 
 def test_amp_table():
