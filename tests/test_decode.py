@@ -296,3 +296,18 @@ def test_truncated_file_raises_while_decoding(tmp_path):
         load_rgb(path)
     with open(path, "rb") as fh, pytest.raises(Exception, match="truncated or corrupt"):
         decode_rgb(Image.open(io.BytesIO(fh.read())), "cut.png")
+
+
+def test_calibration_images_from_a_folder_use_the_decoder(tmp_path):
+    from timm.data import create_transform
+
+    from stl_bench.data.real_images import real_images
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.tile(RAMP16, (4, 4))).save(path)
+    cfg = dict(input_size=(3, 16, 16), crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    x = real_images(cfg, 1, folder=tmp_path)
+    want = create_transform(input_size=(3, 16, 16), is_training=False, crop_pct=1.0, interpolation="bilinear",
+                            mean=(0.5,) * 3, std=(0.5,) * 3)(load_rgb(path))
+    assert torch.equal(x[0], want)
+    assert len(torch.unique(x)) > 60  # clipped 16-bit data gives 19 levels here, scaled data 90
