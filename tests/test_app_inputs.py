@@ -31,7 +31,7 @@ def _noise(mode_size: tuple[int, int], channels: int = 3, seed: int = 0) -> np.n
 
 
 @pytest.mark.parametrize("mode, note", [
-    ("L", "grayscale"), ("RGBA", "alpha"), ("CMYK", "CMYK"), ("P", None), ("RGB", None),
+    ("L", "grayscale"), ("LA", "alpha"), ("RGBA", "alpha"), ("CMYK", "CMYK"), ("P", None), ("RGB", None),
 ])
 def test_modes_become_rgb_with_a_note(tmp_path, mode, note):
     img = Image.fromarray(_noise((40, 30))).convert(mode)
@@ -52,7 +52,7 @@ def test_sixteen_bit_scans_are_scaled_by_bit_depth_not_clipped(tmp_path):
     Image.fromarray(arr).save(path)
     loaded = load_image(path)
     out = np.asarray(loaded.image)[..., 0].astype(int)
-    assert np.array_equal(out, np.rint(arr / 257.0).astype(int))  # convert("RGB") would clip all but 256 of 65536 levels
+    assert np.array_equal(out, np.rint(arr / 257.0).astype(int))  # not clipped at 255
     assert len(np.unique(out)) == 256
     assert loaded.notes == ["16-bit image scaled to 8 bits"]
     dark = np.linspace(0, 4000, 64 * 48).astype(np.uint16).reshape(48, 64)  # a dark scan stays dark: no stretch

@@ -61,7 +61,7 @@ from stl_bench.errors import StlBenchError
 SUPPORTED = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa", "La"})
+_ALPHA = frozenset({"LA", "PA", "RGBA", "RGBa"})
 _ORIENTATION = 0x0112  # EXIF tag 274
 
 
@@ -163,6 +163,8 @@ def _mode_to_rgb(img: Image.Image, notes: list[str] | None) -> Image.Image:
     if mode == "RGB":
         return img
     if mode == "LAB":
+        if notes is not None:
+            notes.append("LAB converted to sRGB")
         return _lab_to_rgb(img)
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
         gray, note = _gray_to_uint8(np.asarray(img), mode)
@@ -177,7 +179,7 @@ def _mode_to_rgb(img: Image.Image, notes: list[str] | None) -> Image.Image:
 def _conversion_notes(img: Image.Image) -> list[str]:
     mode = img.mode
     notes = []
-    if mode in ("1", "L", "LA", "La"):
+    if mode in ("1", "L", "LA"):
         notes.append("grayscale converted to RGB")
     elif mode not in ("P", "PA", "RGBA", "RGBa"):
         notes.append(f"{mode} converted to RGB")
@@ -194,14 +196,16 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
         lo, hi = int(arr.min()), int(arr.max())
         if lo >= 0 and hi <= 65535:
             return _sixteen_bit(arr), "16-bit image scaled to 8 bits"
-        return _stretch(arr, lo, hi), f"I image with values {lo}..{hi} stretched to 8 bits (no white level known)"
+        stretched = np.rint(_stretched(arr, lo, hi)).astype(np.uint8)
+        return stretched, f"I image with values {lo}..{hi} stretched to 8 bits (no white level known)"
     finite = np.isfinite(arr)
     values = arr if finite.all() else arr[finite]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if 0.0 <= lo and hi <= 1.0:
         scaled, note = arr.astype(np.float64) * 255.0, "floating-point image (0..1) scaled to 8 bits"
     else:
-        scaled, note = _stretched(arr, lo, hi), f"F image with values {lo:g}..{hi:g} stretched to 8 bits"
+        scaled = _stretched(arr, lo, hi)
+        note = f"F image with values {lo:g}..{hi:g} stretched to 8 bits (no white level known)"
     scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
     return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8), note
 
@@ -212,24 +216,22 @@ def _sixteen_bit(arr: np.ndarray) -> np.ndarray:
 
 
 def _stretched(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """min..max onto 0..255 as float64 (exact for every int32; float32 ranges cannot overflow)."""
     if not hi > lo:
         return np.zeros(arr.shape, dtype=np.float64)  # constant: no contrast to stretch
     return (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
-
-
-def _stretch(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return np.rint(_stretched(arr, lo, hi)).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=1)
-def _lab_transform():
-    from PIL import ImageCms
-
-    return ImageCms.buildTransformFromOpenProfiles(
-        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
 
 
 def _lab_to_rgb(img: Image.Image) -> Image.Image:
     from PIL import ImageCms
 
     return ImageCms.applyTransform(img, _lab_transform())
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_transform():
+    # Imported here: littlecms is needed only for the rare LAB file.
+    from PIL import ImageCms
+
+    return ImageCms.buildTransformFromOpenProfiles(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
