@@ -31,7 +31,7 @@ def _noise(mode_size: tuple[int, int], channels: int = 3, seed: int = 0) -> np.n
 
 
 @pytest.mark.parametrize("mode, note", [
-    ("L", "grayscale"), ("RGBA", "alpha"), ("CMYK", "CMYK"), ("P", None), ("RGB", None),
+    ("L", "grayscale"), ("LA", "alpha"), ("RGBA", "alpha"), ("CMYK", "CMYK"), ("P", None), ("RGB", None),
 ])
 def test_modes_become_rgb_with_a_note(tmp_path, mode, note):
     img = Image.fromarray(_noise((40, 30))).convert(mode)
@@ -46,14 +46,18 @@ def test_modes_become_rgb_with_a_note(tmp_path, mode, note):
         assert loaded.notes == []
 
 
-def test_sixteen_bit_scans_are_stretched_not_clipped(tmp_path):
-    arr = np.linspace(0, 4000, 64 * 48, dtype=np.uint16).reshape(48, 64)
+def test_sixteen_bit_scans_are_scaled_by_bit_depth_not_clipped(tmp_path):
+    arr = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)
     path = tmp_path / "scan.png"
     Image.fromarray(arr).save(path)
     loaded = load_image(path)
-    out = np.asarray(loaded.image)
-    assert out.min() == 0 and out.max() == 255  # 4000/65535 would otherwise be near black or clipped white
-    assert "8 bits" in loaded.notes[0]
+    out = np.asarray(loaded.image)[..., 0].astype(int)
+    assert np.array_equal(out, np.rint(arr / 257.0).astype(int))  # not clipped at 255
+    assert len(np.unique(out)) == 256
+    assert loaded.notes == ["16-bit image scaled to 8 bits"]
+    dark = np.linspace(0, 4000, 64 * 48).astype(np.uint16).reshape(48, 64)  # a dark scan stays dark: no stretch
+    Image.fromarray(dark).save(path)
+    assert np.asarray(load_image(path).image).max() == round(4000 / 257)
 
 
 def test_rgba_drops_alpha_like_the_training_loader(tmp_path):
@@ -112,7 +116,9 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     path = tmp_path / "phone.jpg"
     img.save(path, exif=exif)
-    assert load_image(path).image.size == (20, 40)
+    loaded = load_image(path)
+    assert loaded.image.size == (20, 40)
+    assert any("EXIF orientation" in n for n in loaded.notes)
 
 
 @pytest.mark.parametrize("size", [(300, 200), (200, 300), (224, 224)])

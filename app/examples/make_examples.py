@@ -15,14 +15,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from stl_bench.data.demo import ensure_demo_data
+from stl_bench.data.folders import load_rgb
 
 HERE = Path(__file__).resolve().parent
 
 
 def first_val_digit(root: Path, digit: int) -> Image.Image:
-    path = sorted((root / "val" / str(digit)).glob("*.png"))[0]
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return load_rgb(sorted((root / "val" / str(digit)).glob("*.png"))[0])
 
 
 def synthetic_ball() -> Image.Image:

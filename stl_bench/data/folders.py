@@ -115,11 +115,22 @@ def scan_image_folder(
 
 
 def load_rgb(path: Path | str | BinaryIO) -> Image.Image:
-    """Open an image (a path or an open binary file) as RGB (grayscale, RGBA, palette and
-    CMYK files are converted). The server decodes request bodies with this too, so a
-    served image reaches the model as the same pixels an evaluation folder gives it."""
+    """Open an image (a path or an open binary file) as the RGB pixels the model sees
+    (`data.decode.to_rgb`: every Pillow mode, EXIF orientation, first frame).
+
+    Pillow's own decompression-bomb guard applies: over twice `Image.MAX_IMAGE_PIXELS`
+    raises `Image.DecompressionBombError`; between once and twice it warns, as it does
+    for timm's and torchvision's loaders, and raises only where warnings are errors."""
     with Image.open(path) as img:
         return to_rgb(img)
+
+
+# What a bad file raises while it is opened and decoded: not an image, truncated or
+# corrupt, or over Pillow's pixel limit (a decompression bomb; the warning only when
+# warnings are errors). A bomb in a data folder is skipped and counted like any other
+# unreadable file rather than ending the run.
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+               Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class Sample(NamedTuple):
@@ -146,7 +157,7 @@ class ImageDataset(Dataset):
         path, target = self.samples[index]
         try:
             img = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        except _UNREADABLE as exc:
             log.debug("unreadable image %s: %s", path, exc)
             return Sample(None, target, index)
         if self.transform is not None:

@@ -38,16 +38,12 @@ def real_images(data_config: dict[str, Any], count: int, folder: Path | str | No
 
 
 def _folder_pictures(folder: Path, count: int) -> list[Any]:
-    from PIL import Image
+    from stl_bench.data.folders import load_rgb
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
         raise StlBenchError(f"image folder {folder} holds no image files; pass a folder of .jpg/.png images")
-    pictures = []
-    for p in files[:count]:
-        with Image.open(p) as img:
-            pictures.append(img.convert("RGB"))
-    return pictures
+    return [load_rgb(p) for p in files[:count]]
 
 
 def _digit_pictures(count: int) -> list[Any]:

@@ -1,8 +1,9 @@
 """A request body to model input, on the server: decoded once, preprocessed as the harness does.
 
 An encoded image goes through the same three steps an evaluation folder's files go
-through (`load_rgb`'s decoding, the model's resize and centre crop to uint8, then
-normalisation on the batch), so a served prediction equals the in-process one exactly.
+through (the one decoder, `data.decode.to_rgb`, that `load_rgb` also uses; the model's
+resize and centre crop to uint8; then normalisation on the batch), so a served
+prediction equals the in-process one exactly, 16-bit and EXIF-rotated files included.
 Untrusted bodies are checked from the image header before any pixel is decoded.
 """
 from __future__ import annotations

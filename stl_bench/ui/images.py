@@ -2,9 +2,10 @@
 
 Uploads can be anything: text, empty files, decompression bombs, 16-bit scans, CMYK
 JPEGs, GIFs, panoramas. Everything a user can get wrong becomes a `StlBenchError` whose
-message names the file and what to do; everything valid becomes RGB the way the training
-loader makes it (`Image.convert("RGB")`, which drops alpha), so the app sees what the
-model was trained on.
+message names the file and what to do; everything valid becomes RGB through the one
+decoder the data loaders and the server use (`data.decode.to_rgb`), so the app sees the
+pixels an evaluation folder would give the model, and the decoder's notes ("16-bit image
+scaled to 8 bits", "alpha channel dropped") tell the user what changed on the way.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from stl_bench.data.decode import SUPPORTED, ImageLimits, open_checked
+from stl_bench.data.decode import SUPPORTED, ImageLimits, decode_rgb, open_checked, to_rgb
 from stl_bench.errors import StlBenchError
 
 log = logging.getLogger(__name__)
@@ -56,28 +57,6 @@ class PreparedInput:
     crop: Image.Image
 
 
-def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
-    mode = img.mode
-    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16-bit and float scans: convert("RGB") would clip them to white; stretch instead.
-        arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        notes.append(f"{mode} image stretched to 8 bits")
-        return Image.fromarray(arr.round().astype(np.uint8), mode="L").convert("RGB")
-    if mode == "RGB":
-        return img.copy()
-    if mode in ("L", "1", "LA"):
-        notes.append("grayscale converted to RGB")
-    elif mode == "CMYK":
-        notes.append("CMYK converted to RGB")
-    elif mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
-        notes.append("alpha channel dropped (as the training loader does)")
-    elif mode != "P":
-        notes.append(f"{mode} converted to RGB")
-    return img.convert("RGB")
-
-
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, max_aspect: float = MAX_ASPECT,
                work_side: int = WORK_SIDE) -> LoadedImage:
     """Decode an uploaded file to RGB, refusing what cannot or should not be decoded.
@@ -96,17 +75,10 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, max_aspect: float
     with img:
         w, h = img.size
         notes: list[str] = []
-        if getattr(img, "n_frames", 1) > 1:
-            notes.append(f"first of {img.n_frames} frames used")
+        mode = img.mode
         if img.format == "JPEG" and max(w, h) > 2 * work_side:
             img.draft("RGB", (work_side, work_side))  # decode at 1/2, 1/4 or 1/8 scale
-        try:
-            img.load()
-            oriented = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(oriented, notes)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise StlBenchError(f"{name} could not be decoded ({exc}); the file may be truncated or corrupt") from None
-        mode = img.mode
+        rgb = decode_rgb(img, name, notes)
     if max(rgb.size) > work_side:
         rgb.thumbnail((work_side, work_side), Image.Resampling.LANCZOS)
         notes.append(f"downscaled from {w}x{h} to {rgb.width}x{rgb.height} first")
@@ -143,7 +115,7 @@ def prepare(image: Image.Image, data_config: dict[str, Any]) -> PreparedInput:
     """
     _, out_h, out_w = data_config["input_size"]
     resample = _RESAMPLE.get(str(data_config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
-    crop = image.convert("RGB").resize((out_w, out_h), resample, box=crop_box(image.size, data_config))
+    crop = to_rgb(image).resize((out_w, out_h), resample, box=crop_box(image.size, data_config))
     mean = np.asarray(data_config.get("mean", IMAGENET_DEFAULT_MEAN), dtype=np.float32)
     std = np.asarray(data_config.get("std", IMAGENET_DEFAULT_STD), dtype=np.float32)
     arr = (np.asarray(crop, dtype=np.float32) / 255.0 - mean) / std

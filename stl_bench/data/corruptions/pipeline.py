@@ -13,6 +13,8 @@ from torchvision import transforms
 from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms import InterpolationMode
 
+from stl_bench.data.decode import to_rgb
+
 IMAGENET_C_RESIZE = 256
 IMAGENET_C_CROP = 224
 IMAGENET_C_JPEG_QUALITY = 85
@@ -36,14 +38,17 @@ IMAGENET_C_PRE = imagenet_c_transform()
 
 
 def imagenet_c_pipeline(image) -> torch.Tensor:
-    """A PIL image or uint8 [3, H, W] tensor -> the uint8 [3, 224, 224] that gets corrupted."""
+    """A PIL image or uint8 [3, H, W] tensor -> the uint8 [3, 224, 224] that gets corrupted.
+
+    A PIL image of any mode becomes RGB through the one decoder (`data.decode.to_rgb`);
+    one already decoded passes through unchanged."""
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8:
             raise TypeError(f"imagenet_c_pipeline takes uint8 tensors, got {image.dtype}")
         return IMAGENET_C_PRE(image)
     from torchvision.transforms.functional import pil_to_tensor
 
-    return pil_to_tensor(IMAGENET_C_PRE(image.convert("RGB")))
+    return pil_to_tensor(IMAGENET_C_PRE(to_rgb(image)))
 
 
 def jpeg_roundtrip(images: torch.Tensor, quality: int = IMAGENET_C_JPEG_QUALITY) -> torch.Tensor:
