@@ -1,4 +1,4 @@
-"""Kill and resume, stale cells, and the on-the-fly IN-C plumbing (decode once, seeds)."""
+"""Kill and resume (whole cells and the saved sums inside a pass), stale cells, and the on-the-fly IN-C plumbing."""
 from __future__ import annotations
 
 import json
@@ -241,3 +241,46 @@ def test_stale_temporaries_of_every_file_a_run_writes_are_removed(tmp_path):
     evaluate(make_runner(table), [SuiteSpec("in-c", "in-c", tmp_path / "val")], FLY, store, SETUP, loop=LOOP,
              view_transform=views)
     assert [p for p in stale if p.exists()] == [] and keep.exists()
+
+
+def _dist_worker(rank: int, world: int, port: int, root: str, store: str, fail_after: list) -> None:
+    import os
+
+    from stl_bench.distributed import DistContext
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist = DistContext.from_env("cpu")
+    runner = Counting(make_runner(torch.load(Path(root) / "table.pt")), fail_after=fail_after[rank])
+    try:
+        evaluate(runner, [SuiteSpec("in1k", "in1k", Path(root) / "val")], SuiteOptions(), ResultStore(store),
+                 SETUP, loop=LoopConfig(batch_size=1, workers=0, progress=False, save_every_s=0), dist=dist)
+    except KeyboardInterrupt:
+        os._exit(3)   # a killed rank: no goodbye to the group
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_each_process_resumes_its_own_shard(free_port, tmp_path):
+    """Two gloo processes killed at different batches resume each from its own saved sums."""
+    import torch.multiprocessing as mp
+
+    table, _ = _fly_data(tmp_path)
+    torch.save(table, tmp_path / "table.pt")
+
+    def launch(store: str, fail_after: list) -> None:
+        ctx = mp.start_processes(_dist_worker, args=(2, free_port(), str(tmp_path), store, fail_after), nprocs=2,
+                                 join=False, start_method="fork")
+        while not ctx.join():
+            pass
+
+    launch(str(tmp_path / "full"), [None, None])
+    with pytest.raises(mp.ProcessExitedException):
+        launch(str(tmp_path / "run"), [3, 1])      # shards of 4 and 3 images: rank 0 kept 3 batches, rank 1 one
+    saved = {p.name.split(".")[-2]: json.loads(p.read_text())["batches"]
+             for p in (tmp_path / "run" / "cells" / "partial").glob("*.json")}
+    assert saved == {"r0of2": 3, "r1of2": 1}
+    launch(str(tmp_path / "run"), [None, None])
+    full, run = ResultStore(tmp_path / "full").load(), ResultStore(tmp_path / "run").load()
+    assert {k: c.counts for k, c in run.items()} == {k: c.counts for k, c in full.items()} and len(run) == 1
