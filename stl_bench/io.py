@@ -15,8 +15,10 @@ anything is written.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import signal
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -26,6 +28,8 @@ from typing import IO, Any, Iterator
 from stl_bench.errors import StlBenchError
 
 TEMP_MARK = ".tmp"  # every temporary is ".<name>.<random>.tmp[<suffix>]"
+TEST_KILL_ENV = "STL_BENCH_TEST_KILL_AFTER"
+_files_in_place = itertools.count(1)
 
 
 def current_umask() -> int:
@@ -112,9 +116,18 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
         os.chmod(tmp, _final_mode(final))
         os.replace(tmp, final)
         fsync_folder(final.parent)
+        _test_kill_point()
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _test_kill_point() -> None:
+    """Tests only: `STL_BENCH_TEST_KILL_AFTER=n` SIGKILLs the process right after its n-th file
+    is in place, the way a crash would, so the kill tests resume from exact, repeatable moments."""
+    limit = os.environ.get(TEST_KILL_ENV)
+    if limit and next(_files_in_place) == int(limit):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 @contextmanager

@@ -139,3 +139,13 @@ def test_groups_and_help(tree, tmp_path, capsys):
         main(["corrupt", "--help"])
     assert exc.value.code == 0
     assert "DST/<corruption>/<severity>/<class>/<file>.JPEG" in capsys.readouterr().out
+
+
+def test_unwritable_dst_is_refused_before_any_image_is_decoded(tree, tmp_path, capsys, monkeypatch):
+    import stl_bench.data.corruptions.tree as tree_module
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(tree_module, "_corrupt_and_write", lambda *a: pytest.fail("work started"))
+    msg = _error(capsys, ["corrupt", str(tree), str(blocker / "out"), *FAST])
+    assert "cannot write the DST folder" in msg and str(blocker) in msg

@@ -135,3 +135,25 @@ def test_torchrun_two_processes_match_one(tmp_path):
     a = pd.read_csv(tmp_path / "r1" / "results_long.csv")
     b = pd.read_csv(tmp_path / "r2" / "results_long.csv")
     assert a[["n", "correct", "correct5"]].equals(b[["n", "correct", "correct5"]])
+
+
+@pytest.mark.parametrize("flag,name", [("--out", "run"), ("--leaderboard", "lb.csv")])
+def test_unwritable_outputs_are_one_line_errors_before_any_work(tmp_path, lookup, capsys, flag, name):
+    lookup["table"] = _data(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = _args(tmp_path)
+    args[args.index(flag) + 1] = str(blocker / name)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot write the {flag}" in err and str(blocker) in err and "\n" not in err
+    assert "kwargs" not in lookup and not (tmp_path / "run" / "cells").exists()
+
+
+def test_batch_size_zero_or_negative_is_a_one_line_error(tmp_path, lookup, capsys):
+    lookup["table"] = _data(tmp_path)
+    for value in ("0", "-4"):
+        assert main([*_args(tmp_path), "--batch-size", value]) == 1
+        err = capsys.readouterr().err.strip()
+        assert f"--batch-size must be at least 1, got {value}" in err and "Traceback" not in err
+    assert "kwargs" not in lookup

@@ -1,4 +1,4 @@
-"""Kill and resume, stale cells, and the on-the-fly IN-C plumbing (decode once, seeds)."""
+"""Kill and resume (whole cells and the saved sums inside a pass), stale cells, and the on-the-fly IN-C plumbing."""
 from __future__ import annotations
 
 import json
@@ -169,3 +169,118 @@ def test_on_the_fly_with_the_real_corruptions_is_deterministic(tmp_path):
     assert len(a.cells) == 6 and all(c.counts.n == 3 for c in a.cells.values())
     # the same per-sample seeds whatever the batch size or the grouping of cells into passes
     assert {k: c.counts for k, c in a.cells.items()} == {k: c.counts for k, c in b.cells.items()}
+
+
+# -- saved progress inside a pass --------------------------------------------------------------------
+SAVE_EACH_BATCH = LoopConfig(batch_size=2, workers=0, progress=False, save_every_s=0)
+FLY = SuiteOptions(inc_on_the_fly=True, inc_corruptions=("fog", "snow"), inc_severities=(1, 2))
+
+
+def _fly_data(root: Path) -> tuple[torch.Tensor, CorruptionViews]:
+    """7 clean images (4 batches of 2) with spread-out confidences, and stand-in kernels."""
+    spec = {}
+    for i in range(7):
+        write_coded(root / "val" / WNIDS[i % 3] / f"{i}.png", 1 + i, size=(40, 30))
+        spec[1 + i] = {i % 3 if i % 2 == 0 else 5: 0.3 + 0.37 * i, 6: 0.1 * i}
+    spec[0] = {4: 1.3}
+    fake = FakeCorruptions()
+    return logits_table(1000, spec), CorruptionViews(corrupt=fake.corrupt, seed=fake.seed, jpeg=lambda x: x)
+
+
+def test_a_pass_killed_midway_resumes_from_its_saved_sums_bit_for_bit(tmp_path):
+    table, views = _fly_data(tmp_path)
+    spec = [SuiteSpec("in-c", "in-c", tmp_path / "val")]
+    full = evaluate(make_runner(table), spec, FLY, ResultStore(tmp_path / "full"), SETUP, loop=LOOP,
+                    view_transform=views)
+    assert len(full.cells) == 4 and not (tmp_path / "full" / "cells" / "partial").exists()
+    store = ResultStore(tmp_path / "run")
+    killed = Counting(make_runner(table), fail_after=2 * 4 + 1)   # 4 views a batch: dies in batch 3
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(killed, spec, FLY, store, SETUP, loop=SAVE_EACH_BATCH, view_transform=views)
+    assert store.load() == {}                                     # no cell finished...
+    [saved] = store.partial_dir.glob("*.json")                    # ...but two batches are kept
+    assert json.loads(saved.read_text())["batches"] == 2
+    resumed = Counting(make_runner(table))
+    out = evaluate(resumed, spec, FLY, store, SETUP, loop=SAVE_EACH_BATCH, view_transform=views)
+    assert resumed.calls == 2 * 4                                 # only batches 3 and 4
+    assert {k: c.counts for k, c in out.cells.items()} == {k: c.counts for k, c in full.cells.items()}
+    assert any(x for c in out.cells.values() for x in c.counts.bin_conf)  # the floats compared are real
+    assert not store.partial_dir.exists()
+
+
+def test_saved_sums_are_used_only_with_the_same_batch_size_and_files(tmp_path):
+    table, views = _fly_data(tmp_path)
+    spec = [SuiteSpec("in-c", "in-c", tmp_path / "val")]
+    store = ResultStore(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Counting(make_runner(table), fail_after=5), spec, FLY, store, SETUP, loop=SAVE_EACH_BATCH,
+                 view_transform=views)
+    other = LoopConfig(batch_size=3, workers=0, progress=False, save_every_s=0)
+    again = Counting(make_runner(table))
+    out = evaluate(again, spec, FLY, store, SETUP, loop=other, view_transform=views)
+    assert again.calls == 3 * 4 and all(c.counts.n == 7 for c in out.cells.values())   # started over
+    # a file added since the sums were saved: started over too
+    store2 = ResultStore(tmp_path / "run2")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Counting(make_runner(table), fail_after=5), spec, FLY, store2, SETUP, loop=SAVE_EACH_BATCH,
+                 view_transform=views)
+    write_coded(tmp_path / "val" / WNIDS[0] / "extra.png", 8, size=(40, 30))
+    out = evaluate(make_runner(table), spec, FLY, store2, SETUP, loop=SAVE_EACH_BATCH, view_transform=views)
+    assert all(c.counts.n == 8 for c in out.cells.values())
+
+
+def test_stale_temporaries_of_every_file_a_run_writes_are_removed(tmp_path):
+    table, views = _fly_data(tmp_path)
+    store = ResultStore(tmp_path / "run")
+    stale = [store.cell_dir / ".in-c__fog__1.json.ab12.tmp", store.partial_dir / ".in-c.x.r0of1.json.cd34.tmp",
+             store.run_dir / ".results_long.csv.ef56.tmp", store.run_dir / ".ce_per_corruption.png.gh78.tmp"]
+    keep = store.run_dir / ".someone-elses.tmp"
+    for path in (*stale, keep):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    evaluate(make_runner(table), [SuiteSpec("in-c", "in-c", tmp_path / "val")], FLY, store, SETUP, loop=LOOP,
+             view_transform=views)
+    assert [p for p in stale if p.exists()] == [] and keep.exists()
+
+
+def _dist_worker(rank: int, world: int, port: int, root: str, store: str, fail_after: list) -> None:
+    import os
+
+    from stl_bench.distributed import DistContext
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist = DistContext.from_env("cpu")
+    runner = Counting(make_runner(torch.load(Path(root) / "table.pt")), fail_after=fail_after[rank])
+    try:
+        evaluate(runner, [SuiteSpec("in1k", "in1k", Path(root) / "val")], SuiteOptions(), ResultStore(store),
+                 SETUP, loop=LoopConfig(batch_size=1, workers=0, progress=False, save_every_s=0), dist=dist)
+    except KeyboardInterrupt:
+        os._exit(3)   # a killed rank: no goodbye to the group
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_each_process_resumes_its_own_shard(free_port, tmp_path):
+    """Two gloo processes killed at different batches resume each from its own saved sums."""
+    import torch.multiprocessing as mp
+
+    table, _ = _fly_data(tmp_path)
+    torch.save(table, tmp_path / "table.pt")
+
+    def launch(store: str, fail_after: list) -> None:
+        ctx = mp.start_processes(_dist_worker, args=(2, free_port(), str(tmp_path), store, fail_after), nprocs=2,
+                                 join=False, start_method="fork")
+        while not ctx.join():
+            pass
+
+    launch(str(tmp_path / "full"), [None, None])
+    with pytest.raises(mp.ProcessExitedException):
+        launch(str(tmp_path / "run"), [3, 1])      # shards of 4 and 3 images: rank 0 kept 3 batches, rank 1 one
+    saved = {p.name.split(".")[-2]: json.loads(p.read_text())["batches"]
+             for p in (tmp_path / "run" / "cells" / "partial").glob("*.json")}
+    assert saved == {"r0of2": 3, "r1of2": 1}
+    launch(str(tmp_path / "run"), [None, None])
+    full, run = ResultStore(tmp_path / "full").load(), ResultStore(tmp_path / "run").load()
+    assert {k: c.counts for k, c in run.items()} == {k: c.counts for k, c in full.items()} and len(run) == 1

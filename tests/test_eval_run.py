@@ -18,6 +18,7 @@ from stl_bench.evaluate.run import (
     run_evaluation,
     suite_specs,
 )
+from stl_bench.evaluate.results import ResultStore
 from stl_bench.evaluate.suites import SuiteOptions
 from eval_kit import WNIDS, logits_table, write_coded
 
@@ -99,3 +100,63 @@ def test_the_cell_store_removes_a_killed_runs_temporaries_on_start(tmp_path, loo
     run_evaluation(request)
     assert not stale.exists()
     assert sorted(p.name for p in stale.parent.iterdir()) == ["in1k.json"]
+
+
+def _request(tmp_path, **kwargs) -> EvalRequest:
+    base = dict(source=None, suites=suite_specs(in1k=str(tmp_path / "val")), device="cpu", workers=0,
+                progress=False, out=tmp_path / "run", leaderboard=tmp_path / "lb.csv", figure=False)
+    return EvalRequest(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("field,value,flag", [("batch_size", 0, "--batch-size"), ("batch_size", -4, "--batch-size"),
+                                              ("workers", -1, "--workers"), ("inc_group", 0, "--inc-group")])
+def test_sizes_below_one_are_refused_by_the_library(tmp_path, lookup, field, value, flag):
+    with pytest.raises(StlBenchError, match=f"^{flag} must be at least .*, got {value}$"):
+        _request(tmp_path, **{field: value})
+    request = _request(tmp_path)
+    setattr(request, field, value)   # changed after construction: refused before any work too
+    with pytest.raises(StlBenchError, match=flag):
+        run_evaluation(request)
+    assert "kwargs" not in lookup and not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error_and_adds_no_row(tmp_path, lookup):
+    lookup["table"] = logits_table(1000, {})
+    for i in range(3):
+        (tmp_path / "val" / WNIDS[i]).mkdir(parents=True)
+        (tmp_path / "val" / WNIDS[i] / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(StlBenchError) as err:
+        run_evaluation(_request(tmp_path))
+    assert str(tmp_path / "val") in str(err.value) and "none of the 3 image file(s)" in str(err.value)
+    assert not (tmp_path / "lb.csv").exists() and ResultStore(tmp_path / "run").load() == {}
+
+
+@pytest.mark.parametrize("target", ["out", "leaderboard"])
+def test_unwritable_outputs_fail_before_any_work(tmp_path, lookup, target):
+    write_coded(tmp_path / "val" / WNIDS[1] / "0.png", 1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    where = {"out": blocker / "run", "leaderboard": blocker / "lb.csv"}[target]
+    with pytest.raises(StlBenchError, match=f"cannot write the .* folder {blocker}"):
+        run_evaluation(_request(tmp_path, **{target: where}))
+    assert "kwargs" not in lookup   # refused before the model was even opened
+
+
+def test_a_failed_final_write_keeps_the_cells_and_says_rerun(tmp_path, lookup, monkeypatch):
+    import stl_bench.evaluate.leaderboard as lb
+
+    write_coded(tmp_path / "val" / WNIDS[1] / "0.png", 1)
+    lookup["table"] = logits_table(1000, {1: {1: 3.0}})
+    real = lb.update_leaderboard
+
+    def full_disk(path, row):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lb, "update_leaderboard", full_disk)
+    with pytest.raises(StlBenchError, match="re-run the same command") as err:
+        run_evaluation(_request(tmp_path))
+    assert "No space left" in str(err.value) and "\n" not in str(err.value)
+    assert len(ResultStore(tmp_path / "run").load()) == 1
+    monkeypatch.setattr(lb, "update_leaderboard", real)
+    again = run_evaluation(_request(tmp_path))
+    assert again.outcome.computed == [] and pd.read_csv(tmp_path / "lb.csv").iloc[0]["in1k_top1"] == 100.0

@@ -82,10 +82,19 @@ def _suite_options(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the evaluation. `$STL_BENCH_EVAL_SAVE_EVERY_S` (default 60) sets how often a long
+    pass saves its running sums, i.e. the most work a kill can cost."""
+    import os
     from pathlib import Path
 
+    from stl_bench.errors import StlBenchError
     from stl_bench.evaluate.run import EvalRequest, describe_result, run_evaluation, suite_specs
 
+    every = os.environ.get("STL_BENCH_EVAL_SAVE_EVERY_S", "60")
+    try:
+        save_every_s = float(every)
+    except ValueError:
+        raise StlBenchError(f"STL_BENCH_EVAL_SAVE_EVERY_S must be a number of seconds, got {every!r}") from None
     request = EvalRequest(
         source=args.source,
         suites=suite_specs(args.in1k, args.in_a, args.in_r, args.in_c, args.folder),
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, max_cells=args.max_cells,
         inc_group=args.inc_group, progress=not args.no_progress,
         out=Path(args.out) if args.out else None, leaderboard=Path(args.leaderboard), figure=not args.no_figure,
+        save_every_s=save_every_s,
     )
     result = run_evaluation(request)
     if result.is_main:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from stl_bench.evaluate.harness import EvalOutcome, EvalSetup
     from stl_bench.evaluate.reference import CEReference
     from stl_bench.evaluate.report import Summary
+    from stl_bench.evaluate.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,19 @@ class EvalRequest:
     """run folder (None: eval_runs/<model>-<hash>-<head>[-served])"""
     leaderboard: Path = DEFAULT_LEADERBOARD
     figure: bool = True
+    save_every_s: float = 60.0
+    """seconds between saves of a long pass's running sums (the most a kill can lose)"""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse sizes no run can use, in one line naming the flag (also when set after construction)."""
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--workers", self.workers, 0),
+                                 ("--inc-group", self.inc_group, 1), ("--max-cells", self.max_cells, 0),
+                                 ("save_every_s", self.save_every_s, 0)):
+            if value is not None and value < low:
+                raise StlBenchError(f"{flag} must be at least {low}, got {value}")
 
 
 @dataclass
@@ -139,7 +153,9 @@ def run_evaluation(request: EvalRequest) -> EvalResult:
     from stl_bench.evaluate.reference import resolve_reference
     from stl_bench.evaluate.results import ResultStore
 
+    request.check()
     reference = resolve_reference(request.normalizer)  # fail before the model loads
+    _check_outputs_writable(request.out, request.leaderboard)
     dist = DistContext.from_env(request.device)
     device = dist.device
     runner = opener.open_runner(
@@ -153,20 +169,39 @@ def run_evaluation(request: EvalRequest) -> EvalResult:
     setup = EvalSetup(model=info.name, checkpoint=checkpoint, head=info.head, weights=info.weights or "",
                       preprocessing=prep.describe())
     run_dir = Path(request.out) if request.out else default_run_dir(info, checkpoint, served)
+    if request.out is None:
+        _check_outputs_writable(run_dir, None)
     loop = LoopConfig(
         batch_size=request.batch_size or (256 if device.type == "cuda" else 64),
         workers=request.workers if request.workers is not None else min(8, os.cpu_count() or 1),
-        progress=request.progress,
+        progress=request.progress, save_every_s=request.save_every_s,
     )
-    outcome = evaluate(runner, request.suites, request.options, ResultStore(run_dir), setup, loop=loop,
+    store = ResultStore(run_dir)
+    outcome = evaluate(runner, request.suites, request.options, store, setup, loop=loop,
                        dist=dist, prep=prep, max_cells=request.max_cells, inc_group=request.inc_group)
     if not dist.is_main:
         return EvalResult(is_main=False, run_dir=run_dir)
-    return _write_outputs(request, runner, setup, prep, outcome, reference, run_dir)
+    try:
+        return _write_outputs(request, runner, setup, prep, outcome, reference, store)
+    except (StlBenchError, OSError) as exc:
+        raise StlBenchError(
+            f"{exc}; the {len(outcome.cells)} finished cell(s) are saved in {store.cell_dir}: fix that and re-run "
+            "the same command to write the outputs (nothing is computed again)") from None
+
+
+def _check_outputs_writable(run_dir: Path | None, leaderboard: Path | None) -> None:
+    """Unwritable output folders fail here, before any image is decoded (every rank checks,
+    so no rank waits for one that stopped)."""
+    from stl_bench.io import ensure_writable_folder
+
+    if run_dir is not None:
+        ensure_writable_folder(Path(run_dir), "--out run")
+    if leaderboard is not None:
+        ensure_writable_folder(Path(leaderboard).parent, "--leaderboard")
 
 
 def _write_outputs(request: EvalRequest, runner: "Runner", setup: "EvalSetup", prep: Any,
-                   outcome: "EvalOutcome", reference: "CEReference", run_dir: Path) -> EvalResult:
+                   outcome: "EvalOutcome", reference: "CEReference", store: "ResultStore") -> EvalResult:
     """Rank 0: the long CSV, the CE figure and the leaderboard row of a finished (or stopped) run."""
     from stl_bench.evaluate.leaderboard import leaderboard_row, update_leaderboard
     from stl_bench.evaluate.report import long_table, summarize
@@ -174,12 +209,12 @@ def _write_outputs(request: EvalRequest, runner: "Runner", setup: "EvalSetup", p
 
     info = runner.info
     summary = summarize(outcome.plans, outcome.cells, reference)
-    long_csv = write_text(run_dir / "results_long.csv", long_table(outcome.cells).to_csv(index=False))
+    long_csv = write_text(store.long_csv, long_table(outcome.cells).to_csv(index=False))
     figure = None
     if summary.corruption is not None and request.figure:
         from stl_bench.evaluate.figures import plot_ce
 
-        figure = plot_ce(summary.corruption, info.name, reference.name, run_dir / "ce_per_corruption.png")
+        figure = plot_ce(summary.corruption, info.name, reference.name, store.figure)
     if not outcome.complete:
         summary.notes.insert(0, f"stopped after --max-cells {request.max_cells}; re-run the same command to continue")
     row = leaderboard_row(
@@ -187,7 +222,7 @@ def _write_outputs(request: EvalRequest, runner: "Runner", setup: "EvalSetup", p
         images_per_s=outcome.images_per_s, checkpoint_path=request.source,
         kinds={s.kind for s in request.suites}, options=request.options, normalizer=reference.name)
     update_leaderboard(Path(request.leaderboard), row)
-    return EvalResult(is_main=True, run_dir=run_dir, outcome=outcome, summary=summary, long_csv=long_csv,
+    return EvalResult(is_main=True, run_dir=store.run_dir, outcome=outcome, summary=summary, long_csv=long_csv,
                       figure=figure, leaderboard=Path(request.leaderboard),
                       title=f"{info.name} ({info.head} head, weights {info.weights or 'n/a'})")
 

@@ -6,7 +6,9 @@ is decoded once per run and corrupted for every (corruption, severity) it still 
 with a seed from its path relative to SRC (so a re-run, another batch size or another
 machine's CPU writes the same files). Files are written through `stl_bench.io` (whole or
 not at all); a killed run is resumed by running it again, and the temporaries a kill
-left in DST are removed when it starts.
+left in DST are removed when it starts. Since every output depends only on its source
+file and its seed (never on the batch it was corrupted in), a run killed at any moment
+and resumed ends with the same bytes as one that was never interrupted.
 """
 from __future__ import annotations
 
@@ -151,10 +153,11 @@ def _plan(request: TreeRequest) -> _Plan:
 def write_imagenet_c_tree(request: TreeRequest) -> TreeReport:
     """Write every output of `request` that DST still lacks; returns what was done."""
     from stl_bench.distributed import resolve_device
-    from stl_bench.io import remove_stale_temporaries
+    from stl_bench.io import ensure_writable_folder, remove_stale_temporaries
 
     plan = _plan(request)
     device = resolve_device(request.device)
+    ensure_writable_folder(request.dst, "DST")  # before the first image is decoded
     removed = remove_stale_temporaries(request.dst, recursive=True)  # a killed run's half files
     if removed:
         log.info("removed %d unfinished file(s) a killed run left in %s", removed, request.dst)
