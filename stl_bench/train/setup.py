@@ -92,6 +92,8 @@ class Run:
     best: float = -1.0
     bad_total: int = 0
     started: tuple[float, int] = (0.0, 0)  # (time, step) when this process began, for the run's ETA
+    resumed_sums: list[float] | None = None  # this rank's metric sums of the epoch a resume lands in
+    saved_at: float = 0.0  # when last.pt was last written (for --checkpoint-minutes)
 
     @property
     def classes(self) -> list[str]:
