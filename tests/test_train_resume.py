@@ -71,7 +71,7 @@ def test_resume_message_names_both_models(demo: Path, tmp_path: Path, capsys) ->
     capsys.readouterr()
     assert main(["train", "--resume", str(out / "last.pt"), "--model", "fan_nano_4_p4_32"]) == 1
     err = capsys.readouterr().err
-    assert "fan_nano_4_p4_32_token" in err and "fan_nano_4_p4_32 with 10" in err
+    assert "--model fan_nano_4_p4_32 (the run: fan_nano_4_p4_32_token)" in err and "another --output" in err
 
 
 def test_a_new_run_never_overwrites_an_old_one(demo: Path, tmp_path: Path, capsys) -> None:

@@ -24,11 +24,12 @@ from stl_bench.train.data import ResumableSampler, resolve_data_root, scan_split
 from stl_bench.train.loop import evaluate, train, train_one_epoch
 from stl_bench.train.metrics import METRICS_CSV, METRICS_JSONL, MetricsLog
 from stl_bench.train.setup import Run, build_model, build_objective, build_run
+from stl_bench.train.resume import MAY_CHANGE, resume_config
 from stl_bench.train.seeding import SampleKey, seed_image, seed_step
 from stl_bench.train.state import BEST, LAST, checkpoint_dict, load_resume
 
 __all__ = [
-    "AugmentConfig", "BEST", "EmaConfig", "LAST", "METRICS_CSV", "METRICS_JSONL", "MetricsLog", "OptimConfig",
+    "AugmentConfig", "BEST", "MAY_CHANGE", "resume_config", "EmaConfig", "LAST", "METRICS_CSV", "METRICS_JSONL", "MetricsLog", "OptimConfig",
     "PRESETS", "ResumableSampler", "Run", "RuntimeConfig", "StlConfig", "TrainConfig", "build_model",
     "build_objective", "checkpoint_dict", "evaluate", "field_docs", "flag_fields", "load_resume", "resolve_config",
     "resolve_data_root", "SampleKey", "scan_splits", "seed_image", "seed_step", "build_run", "train", "train_one_epoch",

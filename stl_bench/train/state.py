@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+CONFIG = "config.json"  # the run's flags, written before its first step
 
 
 def _plain(obj: Any) -> Any:
