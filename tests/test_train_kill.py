@@ -83,7 +83,21 @@ def python_m(argv: list[str], kill: str) -> int:
     return done.returncode
 
 
-def kill_and_resume(launch: Launch, argv: list[str], out: Path, kills: list[tuple[str, int | None]]) -> None:
+def torchrun(argv: list[str], kill: str = "") -> int:
+    """Two processes over gloo (both armed: each SIGKILLs itself at `kill`, and torchrun reports it)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stl_bench",
+           *argv]
+    done = subprocess.run(cmd, env={**os.environ, ENV: kill, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    if not kill:
+        assert done.returncode == 0, done.stderr[-3000:]
+        return 0
+    assert done.returncode != 0 and "SIGKILL" in done.stderr, done.stderr[-3000:]
+    return -signal.SIGKILL
+
+
+def kill_and_resume(launch: Launch, argv: list[str], out: Path, kills: list[tuple[str, int | None]],
+                    finish: Callable[[list[str]], int] = main) -> None:
     """Start the run, kill it at each moment in turn (resuming in between), then let a resume finish it."""
     for kill, left in kills:
         assert launch(argv, kill) == -signal.SIGKILL, f"the run was not killed at {kill}"
@@ -94,7 +108,7 @@ def kill_and_resume(launch: Launch, argv: list[str], out: Path, kills: list[tupl
         if kill.startswith("saving:"):
             assert list(out.glob(".last.pt.*")), "the interrupted write left no temporary"
         argv = ["train", "--output", str(out), "--resume"]  # the run's own files say the rest
-    assert main(argv) == 0
+    assert finish(argv) == 0
     assert not list(out.glob(".*.tmp*")), "a stale temporary survived the resume"
 
 
@@ -114,7 +128,8 @@ def assert_identical(a: Any, b: Any, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def assert_same_run(ref: Path, got: Path, may_differ: tuple[str, ...] = ("output",)) -> None:
+def assert_same_run(ref: Path, got: Path, may_differ: tuple[str, ...] = ("output",), steps: tuple[int, int] = (15, 3)
+                    ) -> None:
     """Both checkpoints identical (but for the config keys in `may_differ`), and the metrics rows."""
     for name in ("last.pt", "best.pt"):
         a, b = (torch.load(d / name, weights_only=True) for d in (ref, got))
@@ -122,9 +137,9 @@ def assert_same_run(ref: Path, got: Path, may_differ: tuple[str, ...] = ("output
             a["config"].pop(key), b["config"].pop(key)
         assert_identical(a, b, name)
         if name == "last.pt":
-            assert (a["step"], a["epoch"], a["epoch_sums"]) == (15, 3, [])
+            assert (a["step"], a["epoch"], a["epoch_sums"]) == (*steps, [])
     rows_a, rows_b = (_rows(d) for d in (ref, got))
-    assert [r["epoch"] for r in rows_a] == [0, 1, 2]
+    assert [r["epoch"] for r in rows_a] == list(range(steps[1]))
     assert rows_a == rows_b
 
 
@@ -206,3 +221,14 @@ def test_the_number_of_workers_never_changes_the_result(baseline, tmp_path: Path
     argv, ref = baseline
     two = _reference([*argv, "--workers", "2"], tmp_path / "two")
     assert_same_run(ref, two, may_differ=("output", "workers"))
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_epoch_resume_bit_exactly(digits: Path, tmp_path: Path) -> None:
+    """Per-rank step streams and every rank's epoch sums survive a kill of the whole group."""
+    argv = ["train", *RECIPE, "--stage", "labeler", "--workers", "0", "--steps-per-epoch", "3", "--epochs", "2",
+            "--data", str(digits)]
+    torchrun([*argv, "--output", str(tmp_path / "ref")])
+    out = tmp_path / "run"
+    kill_and_resume(torchrun, [*argv, "--output", str(out)], out, [("step:5", 4)], finish=torchrun)
+    assert_same_run(tmp_path / "ref", out, steps=(6, 2))

@@ -12,9 +12,14 @@ Saving and restoring the global RNG states instead cannot be exact: a `DataLoade
 its base seed from torch's global RNG whenever an iterator is created (at an epoch's
 start in one run, at the resumed step in the other), and worker processes keep their own
 streams, which run ahead of the trainer by the prefetch depth and across epochs.
+
+On CUDA, equal draws are not enough for equal weights: the kernels must be deterministic
+too (no cuDNN autotuning, no atomics in backward), which PyTorch does not promise by
+default; the kill tests (tests/test_train_kill.py) run on CPU.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import NamedTuple
 
@@ -33,22 +38,26 @@ class SampleKey(NamedTuple):
     position: int  # place in the epoch's global (all ranks) order, padding included
 
 
-def seed_all(*key: int) -> None:
-    """Seed Python's `random`, numpy's and torch's global RNGs (CUDA too) from `key`.
+def seed_all(*key: int, cuda: bool = True) -> None:
+    """Seed Python's `random`, numpy's and torch's global RNGs (CUDA's too unless `cuda` is off) from `key`.
 
-    The key is hashed by numpy's SeedSequence into 64 bits, so nearby keys give
-    unrelated streams and no two images of a long run share one by accident.
+    The key is hashed (BLAKE2b) into a 64-bit seed per generator, so nearby keys give
+    unrelated streams and no two images of a long run share one by accident. The three
+    seeds differ: Python and numpy seeded with equal words would draw equal numbers.
     """
-    words = np.random.SeedSequence([k % 2**64 for k in key]).generate_state(2)  # two uint32
-    value = int(words[0]) << 32 | int(words[1])
-    random.seed(value)
-    np.random.seed(words)
-    torch.manual_seed(value)
+    digest = hashlib.blake2b(b"".join((k % 2**64).to_bytes(8, "little") for k in key), digest_size=24).digest()
+    random.seed(int.from_bytes(digest[:8], "little"))
+    np.random.seed(np.frombuffer(digest[8:16], dtype=np.uint32))  # both words: an int seed keeps only 32 bits
+    value = int.from_bytes(digest[16:], "little")
+    if cuda:
+        torch.manual_seed(value)
+    else:  # torch.manual_seed also queues a CUDA seeding, which costs ~1 ms: too slow per image
+        torch.default_generator.manual_seed(value)
 
 
 def seed_image(seed: int, key: SampleKey) -> None:
-    """Before an image's augmentation: the same draws whichever worker or run loads it."""
-    seed_all(_IMAGE, seed, key.epoch, key.position)
+    """Before an image's augmentation (CPU only): the same draws whichever worker or run loads it."""
+    seed_all(_IMAGE, seed, key.epoch, key.position, cuda=False)
 
 
 def seed_step(seed: int, rank: int, step: int, micro: int) -> None:
