@@ -137,3 +137,45 @@ def test_resume_cli_with_output_alone_trains_from_config_json(demo: Path, tmp_pa
     assert main(["train", "--output", str(out), "--resume"]) == 0  # no --data, --stage or --model needed
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["step"] == 1 and ckpt["config"]["seed"] == 7 and ckpt["arch"] == "fan_nano_4_p4_32"
+
+
+def test_a_skipping_sampler_hands_out_the_same_keys_as_the_tail_of_the_epoch() -> None:
+    from stl_bench.train import ResumableSampler
+
+    data = list(range(23))
+    ranks = []
+    for rank in range(2):
+        full = ResumableSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        full.set_epoch(3)
+        keys = list(full)
+        part = ResumableSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        part.set_epoch(3)
+        part.skip = 7
+        assert list(part) == keys[7:] and len(part) == len(keys) - 7
+        assert all(k.epoch == 3 for k in keys)
+        ranks.append(keys)
+    # positions number the epoch's global order once, padding included, whatever the rank
+    assert sorted(k.position for keys in ranks for k in keys) == list(range(24))
+
+
+def test_every_generator_is_reseeded_from_its_key_alone() -> None:
+    import random
+
+    import numpy as np
+
+    from stl_bench.train import SampleKey, seed_image, seed_step
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_image(42, SampleKey(index=1, epoch=0, position=5))
+    first = draws()
+    draws()  # whatever else was drawn in between
+    seed_image(42, SampleKey(index=1, epoch=0, position=5))
+    assert draws() == first
+    assert len(set(first)) == 3  # three generators, three unrelated streams
+    seed_image(42, SampleKey(index=1, epoch=1, position=5))
+    other_epoch = draws()
+    seed_step(42, rank=0, step=5, micro=0)
+    step = draws()
+    assert len({first, other_epoch, step}) == 3
