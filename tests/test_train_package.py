@@ -113,8 +113,8 @@ def test_every_name_callers_import_is_there() -> None:
 
     for name in ("train", "LAST", "BEST", "METRICS_CSV", "METRICS_JSONL", "TrainConfig", "PRESETS", "resolve_config",
                  "field_docs", "resolve_data_root", "scan_splits", "build_model", "build_objective", "seed_step",
-                 "seed_image", "resume_config", "MAY_CHANGE", "load_resume", "MetricsLog", "evaluate", "ResumableSampler", "train_one_epoch",
-                 "build_run", "Run"):
+                 "seed_image", "resume_config", "MAY_CHANGE", "load_resume", "MetricsLog", "evaluate",
+                 "ResumableSampler", "train_one_epoch", "build_run", "Run"):
         assert hasattr(t, name), name
 
 

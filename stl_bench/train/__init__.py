@@ -29,8 +29,9 @@ from stl_bench.train.seeding import SampleKey, seed_image, seed_step
 from stl_bench.train.state import BEST, LAST, checkpoint_dict, load_resume
 
 __all__ = [
-    "AugmentConfig", "BEST", "MAY_CHANGE", "resume_config", "EmaConfig", "LAST", "METRICS_CSV", "METRICS_JSONL", "MetricsLog", "OptimConfig",
-    "PRESETS", "ResumableSampler", "Run", "RuntimeConfig", "StlConfig", "TrainConfig", "build_model",
-    "build_objective", "checkpoint_dict", "evaluate", "field_docs", "flag_fields", "load_resume", "resolve_config",
-    "resolve_data_root", "SampleKey", "scan_splits", "seed_image", "seed_step", "build_run", "train", "train_one_epoch",
+    "AugmentConfig", "BEST", "EmaConfig", "LAST", "MAY_CHANGE", "METRICS_CSV", "METRICS_JSONL", "MetricsLog",
+    "OptimConfig", "PRESETS", "ResumableSampler", "Run", "RuntimeConfig", "SampleKey", "StlConfig", "TrainConfig",
+    "build_model", "build_objective", "build_run", "checkpoint_dict", "evaluate", "field_docs", "flag_fields",
+    "load_resume", "resolve_config", "resolve_data_root", "resume_config", "scan_splits", "seed_image", "seed_step",
+    "train", "train_one_epoch",
 ]

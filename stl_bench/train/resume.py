@@ -89,7 +89,8 @@ def checkpoint_config(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise StlBenchError(f"cannot read resume checkpoint {path} ({type(exc).__name__}); it is damaged or not ours") from None
+        raise StlBenchError(
+            f"cannot read resume checkpoint {path} ({type(exc).__name__}); it is damaged or not ours") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
         raise StlBenchError(f"{path} is not an stl-bench training checkpoint, so a run cannot resume from it")
     return ckpt["config"]
