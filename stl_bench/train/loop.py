@@ -24,13 +24,12 @@ from stl_bench.data.transforms import ViewBatch
 from stl_bench.distributed import DistContext
 from stl_bench.errors import StlBenchError
 from stl_bench.fan.model import fuse_token_head
-from stl_bench.io import copy_file
 from stl_bench.stl.objectives import StepInputs
 from stl_bench.train.config import TrainConfig
 from stl_bench.train.faults import kill_if
 from stl_bench.train.seeding import seed_step
 from stl_bench.train.setup import Run, build_run
-from stl_bench.train.state import BEST, LAST, save_checkpoint
+from stl_bench.train.state import LAST, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +215,14 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
         row.update({f"val_{k}": v for k, v in evaluate(run.model, val, run.dist, run.amp, cl, fused).items()})
         if run.ema is not None:
             row.update({f"ema_{k}": v for k, v in evaluate(run.ema.module, val, run.dist, run.amp, cl, fused).items()})
+    best = False
     if run.dist.is_main:
         run.metrics.append(row)
-        save_checkpoint(run, epoch + 1)
         score = row.get(run.best_key)
-        if score is not None and score > run.best:
-            run.best = score
-            copy_file(run.out / LAST, run.out / BEST)
+        best = score is not None and score > run.best
+        run.best = score if best else run.best
+    save_checkpoint(run, epoch + 1, best=best)  # every rank notes the time, rank 0 writes
+    if run.dist.is_main:
         log.info("epoch %d/%d: loss %.4f%s, %.0f img/s, %.1fs", epoch + 1, run.total_epochs, row["train_loss"],
                  "".join(f", {k} {row[k]:.2f}" for k in ("val_top1", "val_top1_fused", "ema_top1", "ema_top1_fused")
                          if k in row),

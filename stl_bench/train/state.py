@@ -24,7 +24,7 @@ import torch
 
 from stl_bench import __version__
 from stl_bench.errors import StlBenchError
-from stl_bench.io import atomic_open
+from stl_bench.io import atomic_open, save_torch
 from stl_bench.train.config import TrainConfig
 from stl_bench.train.faults import kill_if
 
@@ -72,12 +72,19 @@ def checkpoint_dict(run: "Run", epoch: int, epoch_sums: list[list[float]] | None
     }
 
 
-def save_checkpoint(run: "Run", epoch: int, epoch_sums: list[list[float]] | None = None) -> None:
-    """Write `last.pt` whole or not at all (a kill leaves the previous one); only rank 0 writes."""
+def save_checkpoint(run: "Run", epoch: int, epoch_sums: list[list[float]] | None = None, best: bool = False) -> None:
+    """Write `last.pt` (and `best.pt` when `best`) whole or not at all; only rank 0 writes.
+
+    best.pt goes first: a kill before last.pt is in place resumes from an earlier
+    last.pt, which redoes this epoch and writes best.pt again. (The other order could
+    leave a new last.pt whose epoch the metrics call best while best.pt is an older one.)
+    """
     run.saved_at = time.time()
     if not run.dist.is_main:
         return
     ckpt = checkpoint_dict(run, epoch, epoch_sums)
+    if best:
+        save_torch(ckpt, run.out / BEST)
     with atomic_open(run.out / LAST, "wb") as fh:
         torch.save(ckpt, fh)
         kill_if("saving", run.step)  # test hook: the temporary is whole, last.pt is still the previous one
