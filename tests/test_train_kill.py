@@ -234,3 +234,14 @@ def test_two_processes_killed_mid_epoch_resume_bit_exactly(digits: Path, tmp_pat
     out = tmp_path / "run"
     kill_and_resume(torchrun, [*argv, "--output", str(out)], out, [("step:5", 4)], finish=torchrun)
     assert_same_run(tmp_path / "ref", out, steps=(6, 2))
+
+
+def test_checkpoints_by_time_keep_the_loss_of_work_small(baseline, tmp_path: Path) -> None:
+    argv, _ = baseline
+    out = tmp_path / "run"
+    # every step is "late" here: a kill after step 3 finds the checkpoint of step 2, written by the clock
+    argv = [*argv, "--checkpoint-every", "0", "--checkpoint-minutes", "1e-9", "--epochs", "1", "--output", str(out)]
+    assert forked(argv, "step:3") == -signal.SIGKILL
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], len(ckpt["epoch_sums"])) == (2, 0, 1)
+    assert ckpt["epoch_sums"][0][4] == 2  # the epoch's steps so far, for its metrics row
