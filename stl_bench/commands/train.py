@@ -1,7 +1,9 @@
 """`stl-bench train`: STL stage 1 (labeler), stage 2 (student) or a plain baseline.
 
 Every field of `TrainConfig` is a flag, its docstring the help text. `--preset` loads
-the official recipe for a size (or `demo`); flags given on the command line win.
+the official recipe for a size (or `demo`); flags given on the command line win. With
+`--resume` the run's own last.pt or config.json decides, and a flag that contradicts it
+is refused (`stl_bench.train.resume.MAY_CHANGE` lists the ones that may change).
 """
 from __future__ import annotations
 
