@@ -55,7 +55,7 @@ def test_stage1_labeler(labeler: Path) -> None:
     assert rows[-1]["train_loss_token"] < rows[0]["train_loss_token"]
     ckpt = torch.load(labeler / "last.pt", weights_only=True)
     expected = {"model", "model_ema", "arch", "num_classes", "model_kwargs", "class_names", "optimizer", "scaler",
-                "scheduler", "epoch", "step", "rng", "config", "stl_bench_version"}
+                "scheduler", "epoch", "step", "world_size", "epoch_sums", "config", "stl_bench_version"}
     assert set(ckpt) == expected
     assert ckpt["arch"] == "fan_nano_4_p4_32_token" and ckpt["num_classes"] == 10
     assert ckpt["class_names"] == [str(d) for d in range(10)] and ckpt["epoch"] == 3 and ckpt["step"] == 12

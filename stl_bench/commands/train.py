@@ -1,7 +1,9 @@
 """`stl-bench train`: STL stage 1 (labeler), stage 2 (student) or a plain baseline.
 
 Every field of `TrainConfig` is a flag, its docstring the help text. `--preset` loads
-the official recipe for a size (or `demo`); flags given on the command line win.
+the official recipe for a size (or `demo`); flags given on the command line win. With
+`--resume` the run's own last.pt or config.json decides, and a flag that contradicts it
+is refused (`stl_bench.train.resume.MAY_CHANGE` lists the ones that may change).
 """
 from __future__ import annotations
 
@@ -36,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     docs = field_docs(TrainConfig)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a recipe: the official one per size, or 'demo'")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
-                        help="continue a run: CKPT, or <output>/last.pt when given without a value "
-                             "(a fresh start if that file does not exist yet)")
+                        help="continue a run from its own files: CKPT, or with --output alone <output>/last.pt "
+                             "(before the first checkpoint: the run's config.json; no run there: a new one); other "
+                             "flags must match the run, except --epochs, --data, --workers, --threads and logging/"
+                             "checkpoint timing")
     for f, _ in flag_fields():
         default = f.default if f.default is not MISSING else None
         shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
@@ -46,50 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=help_text, **_parser_for(str(f.type)))
 
 
-def _resume_base(path: str) -> dict[str, Any]:
-    """The config saved in a resume checkpoint (so `--resume CKPT` alone continues the run)."""
-    from pathlib import Path
-
-    import torch
-
-    from stl_bench.errors import StlBenchError
-
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise StlBenchError(f"cannot read resume checkpoint {path} ({type(exc).__name__}); it is damaged or not ours") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
-        raise StlBenchError(f"{path} is not an stl-bench training checkpoint, so a run cannot resume from it")
-    return ckpt["config"]
-
-
 def run(args: argparse.Namespace) -> int:
-    import logging
     from pathlib import Path
 
-    from stl_bench.errors import StlBenchError
-    from stl_bench.train import LAST, TrainConfig, flag_fields, resolve_config, train
+    from stl_bench.train import flag_fields, resolve_config, resume_config, train
 
-    log = logging.getLogger(__name__)
     names = {f.name for f, _ in flag_fields()}
     given = {k: v for k, v in vars(args).items() if k in names}
     resume = getattr(args, "resume", None)
-    if resume == "auto":
-        if "output" not in given:
-            raise StlBenchError("--resume without a file needs --output (the run folder holding last.pt)")
-        resume = Path(given["output"]) / LAST
-        if not resume.exists():
-            log.info("no %s yet: starting a new run", resume)
-            resume = None
-    elif resume is not None and not Path(resume).is_file():
-        raise StlBenchError(f"resume checkpoint {resume} does not exist; check the path or drop --resume")
-    if resume is not None:
-        base = _resume_base(str(resume))
-        base.update(given)
-        if args.preset:
-            log.info("--preset is ignored when resuming: the run keeps its saved configuration")
-        cfg = TrainConfig.from_dict(base)
-    else:
-        cfg = resolve_config(args.preset, **given)
-    train(cfg, resume=resume)
+    if resume is None:
+        cfg, ckpt = resolve_config(args.preset, **given), None
+    else:  # the run's own config.json / last.pt; see stl_bench.train.resume for the flags that may change
+        cfg, ckpt = resume_config(resume, given, args.preset)
+    train(cfg, resume=Path(ckpt) if ckpt else None)
     return 0

@@ -129,7 +129,10 @@ class RuntimeConfig:
     eval_batch_size: int | None = None
     """evaluation batch size (default: --batch-size)"""
     checkpoint_every: int = 0
-    """also write last.pt every this many optimizer steps (0: only at the end of each epoch)"""
+    """also write last.pt every this many optimizer steps (0: only at the end of each epoch and by time)"""
+    checkpoint_minutes: float = 10.0
+    """also write last.pt when this many minutes have passed since the last one (0: off), so a kill
+    loses at most that much work; a resume from any checkpoint equals the uninterrupted run bit for bit"""
     max_train_samples: int | None = None
     """train on a fixed random subset of this many images (smoke tests)"""
     steps_per_epoch: int | None = None
@@ -144,6 +147,8 @@ class RuntimeConfig:
             raise StlBenchError(f"--amp must be auto, on or off, not {self.amp!r}")
         if self.amp_dtype not in ("float16", "bfloat16"):
             raise StlBenchError(f"--amp-dtype must be float16 or bfloat16, not {self.amp_dtype!r}")
+        if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
+            raise StlBenchError("--checkpoint-every and --checkpoint-minutes must be 0 (off) or positive")
 
 
 # The nested groups in flag order; a field of TrainConfig whose type is one of these is a group.

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from stl_bench.data.folders import FolderIndex, ImageDataset, collate_skip_bad, scan_image_folder
 from stl_bench.data.transforms import TrainViews, collate_views, eval_transform
 from stl_bench.distributed import DistContext
 from stl_bench.errors import StlBenchError
 from stl_bench.train.config import TrainConfig
+from stl_bench.train.seeding import SampleKey, seed_image
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,35 @@ class ResumableSampler(DistributedSampler):
 
     The permutation depends only on (seed, epoch), so a resumed run sees the samples its
     killed predecessor had not reached yet, without loading and discarding the others.
+    Each index travels as a `SampleKey` with its epoch and global position, the key of
+    the image's augmentation stream (`SeededSamples`).
     """
 
     skip: int = 0
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+    def __iter__(self) -> Iterator[SampleKey]:
+        mine = itertools.islice(enumerate(super().__iter__()), self.skip, None)
+        # DistributedSampler gives rank r the items r, r + W, r + 2W, ... of the padded permutation
+        return (SampleKey(index, self.epoch, self.rank + i * self.num_replicas) for i, index in mine)
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
+
+
+class SeededSamples(Dataset):
+    """A dataset read through `SampleKey`s: each image's random augmentation is seeded by
+    (seed, epoch, position) just before it runs, in whichever process loads it, so no
+    worker or loader RNG state exists that a resume would have to restore."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> Any:
+        seed_image(self.seed, key)
+        return self.dataset[key.index]
 
 
 def resolve_data_root(data: str) -> Path:
@@ -87,7 +108,7 @@ def build_loaders(
 ) -> Loaders:
     """Training batches are whole (drop_last) and sharded by the sampler; validation shards are unpadded."""
     rt, batch_size = cfg.runtime, cfg.optim.batch_size
-    train_ds = ImageDataset(train_index.samples, views)
+    train_ds = SeededSamples(ImageDataset(train_index.samples, views), rt.seed)
     sampler = ResumableSampler(train_ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=rt.seed)
     loader_kw: dict[str, Any] = dict(num_workers=rt.workers, pin_memory=dist.device.type == "cuda")
     if rt.workers > 0:

@@ -24,11 +24,12 @@ from stl_bench.data.transforms import ViewBatch
 from stl_bench.distributed import DistContext
 from stl_bench.errors import StlBenchError
 from stl_bench.fan.model import fuse_token_head
-from stl_bench.io import copy_file
 from stl_bench.stl.objectives import StepInputs
 from stl_bench.train.config import TrainConfig
+from stl_bench.train.faults import kill_if
+from stl_bench.train.seeding import seed_step
 from stl_bench.train.setup import Run, build_run
-from stl_bench.train.state import BEST, LAST, save_checkpoint
+from stl_bench.train.state import LAST, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def train(cfg: TrainConfig, resume: Path | str | None = None) -> dict[str, Any]:
     try:
         run = build_run(cfg, dist, Path(resume) if resume else None)
         run.started = (time.time(), run.step)
+        run.saved_at = time.time()
         last_row: dict[str, Any] = {}
         for epoch in range(run.start_epoch, run.total_epochs):
             if run.step - epoch * run.steps_per_epoch >= run.steps_per_epoch:
@@ -63,6 +65,22 @@ class EpochStats:
     bad: int = 0
     bad_files: list[str] = field(default_factory=list)
     t0: float = field(default_factory=time.time)
+    seen_before: int = 0  # images counted by a killed predecessor (not in this process's rate)
+
+    def as_list(self) -> list[float]:
+        """The sums a mid-epoch checkpoint keeps (bad file names are not kept)."""
+        s = self.sums
+        return [s["loss"], s["loss_cls"], s["loss_token"], float(self.seen), float(self.steps), float(self.bad)]
+
+    @classmethod
+    def resumed(cls, saved: list[float] | None) -> "EpochStats":
+        """The sums of a checkpoint's unfinished epoch, so its row equals an uninterrupted run's."""
+        stats = cls()
+        if saved:
+            stats.sums["loss"], stats.sums["loss_cls"], stats.sums["loss_token"], seen, steps, bad = saved
+            stats.seen, stats.steps, stats.bad = int(seen), int(steps), int(bad)
+            stats.seen_before = stats.seen
+        return stats
 
 
 def train_one_epoch(run: Run, epoch: int) -> EpochStats:
@@ -76,7 +94,8 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats:
     run.net.train()
     bar = tqdm(total=spe, initial=done, desc=f"epoch {epoch + 1}/{run.total_epochs}", unit="step",
                disable=not (run.dist.is_main and cfg.runtime.progress) or None, dynamic_ncols=True, leave=False)
-    stats = EpochStats()
+    stats = EpochStats.resumed(run.resumed_sums if done else None)
+    run.resumed_sums = None
     batches = iter(run.loaders.train)
     while run.step - epoch * spe < spe:
         for micro in range(cfg.optim.grad_accum_steps):
@@ -84,11 +103,32 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats:
         optimizer_step(run)
         stats.steps += 1
         _report(run, stats, bar)
-        every = cfg.runtime.checkpoint_every
-        if every and run.step % every == 0 and run.step - epoch * spe < spe:
-            save_checkpoint(run, epoch)
+        kill_if("step", run.step)  # test hook (stl_bench.train.faults)
+        if checkpoint_due(run, epoch):
+            save_checkpoint(run, epoch, _gathered_sums(run, stats))
     bar.close()
     return stats
+
+
+def checkpoint_due(run: Run, epoch: int) -> bool:
+    """A mid-epoch last.pt every --checkpoint-every steps or --checkpoint-minutes; all ranks agree
+    (the epoch sums are gathered for it). The epoch's last step is left to `end_epoch`."""
+    rt = run.cfg.runtime
+    if run.step - epoch * run.steps_per_epoch >= run.steps_per_epoch:
+        return False
+    if rt.checkpoint_every and run.step % rt.checkpoint_every == 0:
+        return True
+    if not rt.checkpoint_minutes:
+        return False
+    late = int(time.time() - run.saved_at >= 60 * rt.checkpoint_minutes)
+    return bool(late if run.dist.world_size == 1 else _max_across(late, run.dist))
+
+
+def _gathered_sums(run: Run, stats: EpochStats) -> list[list[float]]:
+    """Every rank's epoch sums, row r from rank r (adding zeros is exact, so nothing is rounded)."""
+    rows = torch.zeros(run.dist.world_size, 6, dtype=torch.float64)
+    rows[run.dist.rank] = torch.tensor(stats.as_list(), dtype=torch.float64)
+    return run.dist.all_reduce_sum(rows).tolist()
 
 
 def micro_step(run: Run, batch: ViewBatch, micro: int, stats: EpochStats, epoch: int) -> None:
@@ -104,6 +144,9 @@ def micro_step(run: Run, batch: ViewBatch, micro: int, stats: EpochStats, epoch:
         n = _min_across(n, dist)
     if n == 0:
         return
+    # drop path, mixup/cutmix, batch erasing and Gumbel labels draw from a stream keyed by
+    # (seed, rank, step, micro-batch): a resumed run draws what the uninterrupted one did
+    seed_step(cfg.runtime.seed, dist.rank, run.step, micro)
     inputs = step_inputs(run, batch, n)
     sync = micro == accum - 1 or dist.world_size == 1
     with (contextlib.nullcontext() if sync else run.net.no_sync()), run.amp():
@@ -151,7 +194,7 @@ def optimizer_step(run: Run) -> None:
 
 def _report(run: Run, stats: EpochStats, bar: Any) -> None:
     """Progress bar, and a log line every --log-every steps when there is no bar."""
-    rate = stats.seen * run.dist.world_size / max(time.time() - stats.t0, 1e-9)
+    rate = (stats.seen - stats.seen_before) * run.dist.world_size / max(time.time() - stats.t0, 1e-9)
     t_start, step_start = run.started
     run_rate = (run.step - step_start) / max(time.time() - t_start, 1e-9)
     eta = _fmt_eta((run.total_steps - run.step) / max(run_rate, 1e-9))
@@ -172,13 +215,14 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
         row.update({f"val_{k}": v for k, v in evaluate(run.model, val, run.dist, run.amp, cl, fused).items()})
         if run.ema is not None:
             row.update({f"ema_{k}": v for k, v in evaluate(run.ema.module, val, run.dist, run.amp, cl, fused).items()})
+    best = False
     if run.dist.is_main:
         run.metrics.append(row)
-        save_checkpoint(run, epoch + 1)
         score = row.get(run.best_key)
-        if score is not None and score > run.best:
-            run.best = score
-            copy_file(run.out / LAST, run.out / BEST)
+        best = score is not None and score > run.best
+        run.best = score if best else run.best
+    save_checkpoint(run, epoch + 1, best=best)  # every rank notes the time, rank 0 writes
+    if run.dist.is_main:
         log.info("epoch %d/%d: loss %.4f%s, %.0f img/s, %.1fs", epoch + 1, run.total_epochs, row["train_loss"],
                  "".join(f", {k} {row[k]:.2f}" for k in ("val_top1", "val_top1_fused", "ema_top1", "ema_top1_fused")
                          if k in row),
@@ -198,7 +242,8 @@ def epoch_row(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
     row: dict[str, Any] = {
         "epoch": epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
         "train_loss": loss_sum / steps_all, "train_loss_cls": cls_sum / steps_all,
-        "train_images": int(seen_all), "images_per_s": seen_all / max(epoch_time, 1e-9),
+        "train_images": int(seen_all), "images_per_s": (stats.seen - stats.seen_before) * run.dist.world_size
+        / max(epoch_time, 1e-9),
         "epoch_time_s": epoch_time, "bad_images": int(bad_all),
     }
     if run.cfg.stage != "baseline":
@@ -258,6 +303,12 @@ def _all_reduce_sum(values: list[float], dist: DistContext) -> list[float]:
 def _min_across(n: int, dist: DistContext) -> int:
     t = torch.tensor([n], device=dist.comm_device)
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _max_across(n: int, dist: DistContext) -> int:
+    t = torch.tensor([n], device=dist.comm_device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return int(t.item())
 
 

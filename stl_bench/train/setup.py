@@ -40,7 +40,7 @@ from stl_bench.stl.objectives import (
 from stl_bench.train.config import TrainConfig
 from stl_bench.train.data import Loaders, build_loaders, eval_transform_for, scan_splits
 from stl_bench.train.metrics import MetricsLog
-from stl_bench.train.state import LAST, restore
+from stl_bench.train.state import CONFIG, LAST, restore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class Run:
     best: float = -1.0
     bad_total: int = 0
     started: tuple[float, int] = (0.0, 0)  # (time, step) when this process began, for the run's ETA
+    resumed_sums: list[float] | None = None  # this rank's metric sums of the epoch a resume lands in
+    saved_at: float = 0.0  # when last.pt was last written (for --checkpoint-minutes)
 
     @property
     def classes(self) -> list[str]:
@@ -253,7 +255,7 @@ def build_run(cfg: TrainConfig, dist: DistContext, resume: Path | None = None) -
     if dist.is_main:
         run.metrics = MetricsLog(out, keep_before_epoch=run.start_epoch)
         run.best = run.metrics.best(run.best_key)
-        write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        write_text(out / CONFIG, json.dumps(cfg.to_dict(), indent=2))
         _log_start(run)
     return run
 

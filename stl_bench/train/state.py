@@ -1,27 +1,32 @@
-"""What a run carries across a kill: every RNG, the checkpoint dict, and the checks before resuming.
+"""What a run carries across a kill: the checkpoint dict, and the checks before resuming.
 
 Checkpoint format (read back by `stl_bench.fan.checkpoint`; must load with
 `torch.load(weights_only=True)`, so only tensors, numbers, strings, lists and dicts):
 `model`, `model_ema` (absent, not None, when the run keeps no EMA), `arch`,
 `num_classes`, `model_kwargs`, `class_names`, `optimizer`, `scaler`, `scheduler`,
-`epoch` (the epoch to continue in), `step` (optimizer steps done), `rng`, `config`,
+`epoch` (the epoch to continue in), `step` (optimizer steps done), `world_size`,
+`epoch_sums` (mid-epoch: each rank's running metric sums of the unfinished epoch, so its
+metrics row comes out as an uninterrupted run's; empty at an epoch's end), `config`,
 `stl_bench_version`. The weights are the bare model's (never a DDP or
 `TokenPairForward` wrapper's), so the keys match the model's own `state_dict`.
+
+No RNG state is saved: every random draw is seeded by its position in the run
+(`stl_bench.train.seeding`), so the step and epoch are all a resume needs.
 """
 from __future__ import annotations
 
 import logging
-import random
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from stl_bench import __version__
 from stl_bench.errors import StlBenchError
-from stl_bench.io import save_torch
+from stl_bench.io import atomic_open, save_torch
 from stl_bench.train.config import TrainConfig
+from stl_bench.train.faults import kill_if
 
 if TYPE_CHECKING:
     from stl_bench.train.setup import Run
@@ -30,30 +35,7 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG as tensors and lists (weights_only-loadable)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+CONFIG = "config.json"  # the run's flags, written before its first step
 
 
 def _plain(obj: Any) -> Any:
@@ -67,7 +49,7 @@ def _plain(obj: Any) -> Any:
     return None
 
 
-def checkpoint_dict(run: "Run", epoch: int) -> dict[str, Any]:
+def checkpoint_dict(run: "Run", epoch: int, epoch_sums: list[list[float]] | None = None) -> dict[str, Any]:
     """The run as a weights_only-loadable dict; `epoch` is the epoch a resume continues in."""
     state: dict[str, Any] = {"model": run.model.state_dict()}
     if run.ema is not None:  # absent, not None, when the run keeps no EMA
@@ -83,16 +65,30 @@ def checkpoint_dict(run: "Run", epoch: int) -> dict[str, Any]:
         "scheduler": _plain(run.scheduler.state_dict()),
         "epoch": epoch,
         "step": run.step,
-        "rng": rng_state(),
+        "world_size": run.dist.world_size,
+        "epoch_sums": epoch_sums or [],
         "config": run.cfg.to_dict(),
         "stl_bench_version": __version__,
     }
 
 
-def save_checkpoint(run: "Run", epoch: int, path: Path | None = None) -> None:
-    """Write `last.pt` (or `path`) whole or not at all; only rank 0 writes."""
-    if run.dist.is_main:
-        save_torch(checkpoint_dict(run, epoch), path or run.out / LAST)
+def save_checkpoint(run: "Run", epoch: int, epoch_sums: list[list[float]] | None = None, best: bool = False) -> None:
+    """Write `last.pt` (and `best.pt` when `best`) whole or not at all; only rank 0 writes.
+
+    best.pt goes first: a kill before last.pt is in place resumes from an earlier
+    last.pt, which redoes this epoch and writes best.pt again. (The other order could
+    leave a new last.pt whose epoch the metrics call best while best.pt is an older one.)
+    """
+    run.saved_at = time.time()
+    if not run.dist.is_main:
+        return
+    ckpt = checkpoint_dict(run, epoch, epoch_sums)
+    if best:
+        save_torch(ckpt, run.out / BEST)
+    with atomic_open(run.out / LAST, "wb") as fh:
+        torch.save(ckpt, fh)
+        kill_if("saving", run.step)  # test hook: the temporary is whole, last.pt is still the previous one
+    kill_if("saved", run.step)
 
 
 def load_resume(path: Path, cfg: TrainConfig, num_classes: int, class_names: list[str]) -> dict[str, Any]:
@@ -119,8 +115,15 @@ def load_resume(path: Path, cfg: TrainConfig, num_classes: int, class_names: lis
 
 
 def restore(run: "Run", path: Path) -> None:
-    """Continue `run` from a checkpoint: weights, EMA, optimizer, scaler, position and RNGs."""
+    """Continue `run` from a checkpoint: weights, EMA, optimizer, scaler, position and epoch sums."""
     ckpt = load_resume(path, run.cfg, len(run.classes), run.classes)
+    saved_world = ckpt.get("world_size", run.dist.world_size)  # older checkpoints did not record it
+    if saved_world != run.dist.world_size:
+        raise StlBenchError(
+            f"{path} was trained by {saved_world} process(es), this resume has {run.dist.world_size}: the data "
+            f"shards and per-rank random streams would change mid-run; resume with {saved_world} process(es) "
+            "(torchrun --nproc-per-node), or start a new --output"
+        )
     run.model.load_state_dict(ckpt["model"])
     if run.ema is not None:  # a run that kept no EMA before starts one from its current weights
         run.ema.module.load_state_dict(ckpt.get("model_ema") or ckpt["model"])
@@ -128,10 +131,7 @@ def restore(run: "Run", path: Path) -> None:
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.start_epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
-    if run.dist.is_main and ckpt.get("rng"):
-        set_rng_state(ckpt["rng"])
-    else:
-        # other ranks' streams were never saved: a fresh seed per rank and position
-        torch.manual_seed(run.cfg.runtime.seed + run.dist.rank + 1000 * run.step)
+    sums = ckpt.get("epoch_sums") or []
+    run.resumed_sums = list(sums[run.dist.rank]) if sums else None
     run.scheduler.step_update(run.step)
     log.info("resumed %s at epoch %d, step %d", path, run.start_epoch, run.step)
