@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from stl_bench.commands import arguments as arg
+
 NAME = "app"
 HELP = "serve a web page that shows per-patch token-label maps for any image"
 DESCRIPTION = (
@@ -22,25 +24,25 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+    parser.add_argument("--model", action="append", default=[], metavar="PATH", type=arg.model_source,
                         help="a checkpoint (.pt/.pth/.pth.tar/.safetensors) or .onnx file; repeat for more")
-    parser.add_argument("--teacher", metavar="PATH", default=None,
+    parser.add_argument("--teacher", metavar="PATH", default=None, type=arg.existing_file,
                         help="the stage-1 labeler; with it, the first --model is shown as its student side by side")
-    parser.add_argument("--demo-dir", default="stl_bench_runs/demo",
+    parser.add_argument("--demo-dir", default=Path("stl_bench_runs/demo"), type=arg.existing_folder,
                         help="where `stl-bench demo` wrote labeler/, student/, baseline/ (used when no --model)")
     parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                         help="checkpoint weights: EMA when present (auto), or force one")
     parser.add_argument("--head", choices=("auto", "cls", "fused"), default="auto",
                         help="class score of token models: fused = class + 0.5 x token max (STL's evaluation)")
-    parser.add_argument("--device", default="cpu", help="torch device for checkpoints")
+    parser.add_argument("--device", default="cpu", type=arg.device, help="torch device for checkpoints")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the page to the network")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=arg.port, default=7860, help="port to serve on")
     parser.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--concurrency", type=arg.positive_int, default=2, help="requests computed at once (the rest queue)")
+    parser.add_argument("--threads", type=arg.positive_int, default=1,
                         help="torch threads per request: batch-1 requests gain little from more, and on a busy "
                              "CPU extra threads cost far more than they give (--concurrency runs requests in parallel)")
-    parser.add_argument("--examples", default=None, metavar="DIR",
+    parser.add_argument("--examples", default=None, metavar="DIR", type=arg.existing_folder,
                         help="folder of example images (default: the checkout's app/examples)")
 
 
