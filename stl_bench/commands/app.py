@@ -24,11 +24,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", default=[], metavar="PATH", type=arg.model_source,
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="a checkpoint (.pt/.pth/.pth.tar/.safetensors) or .onnx file; repeat for more")
-    parser.add_argument("--teacher", metavar="PATH", default=None, type=arg.existing_file,
+    parser.add_argument("--teacher", metavar="PATH", default=None,
                         help="the stage-1 labeler; with it, the first --model is shown as its student side by side")
-    parser.add_argument("--demo-dir", default=Path("stl_bench_runs/demo"), type=arg.existing_folder,
+    parser.add_argument("--demo-dir", default="stl_bench_runs/demo",
                         help="where `stl-bench demo` wrote labeler/, student/, baseline/ (used when no --model)")
     parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                         help="checkpoint weights: EMA when present (auto), or force one")
