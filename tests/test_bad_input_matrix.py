@@ -13,6 +13,7 @@ runs. Cases marked xfail(strict) are known gaps in the modules their reason name
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from stl_bench.io import is_temporary
 
 NANO = "fan_nano_4_p4_32_token"
 ROOT = os.geteuid() == 0  # root writes through chmod 0o555: those cases use a path below a file instead
+TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
 LEADERBOARD = "model,head,weights,checkpoint,in1k_top1\nfan_nano_4_p4_32_token,fused,model,abc123,12.5\n"
 
 
@@ -87,15 +89,14 @@ def _setup(t: Path, world: dict[str, Path]) -> None:
     torch.save({"model": _Evil(world["root"] / "pwned")}, t / "evil.pt")
     import timm
 
-    other = timm.create_model("fan_nano_4_p4_32", num_classes=10)  # no token head
-    torch.save({"model": other.state_dict(), "arch": NANO, "num_classes": 10}, t / "other_arch.pt")
+    plain = timm.create_model("fan_nano_4_p4_32", num_classes=10).state_dict()  # no token head
+    torch.save({"model": plain, "arch": NANO, "num_classes": 10}, t / "other_arch.pt")  # says it is a token model
+    torch.save({"model": plain, "arch": "fan_nano_4_p4_32", "num_classes": 10}, t / "plain.pt")
     torch.save({"state_dict": torch.nn.Linear(4, 2).state_dict()}, t / "linear.pt")
     (t / "empty.onnx").write_bytes(b"")
     (t / "garbage.onnx").write_bytes(os.urandom(256))
     whole = world["onnx"].read_bytes()
     (t / "cut.onnx").write_bytes(whole[: len(whole) // 2])
-    plain = timm.create_model("fan_nano_4_p4_32", num_classes=10)
-    torch.save({"model": plain.state_dict(), "arch": "fan_nano_4_p4_32", "num_classes": 10}, t / "plain.pt")
     for name in ("model", "sided", "halfsided"):
         (t / f"{name}.engine").write_bytes(os.urandom(256))
     (t / "sided.engine.json").write_bytes(b"{ not json")
@@ -125,6 +126,8 @@ class Case:
     names: str
     """text the error line must contain: the offending value or file ({t}, {ckpt}, ... filled in)"""
     needs_chmod: bool = False
+    without_tensorrt: bool = False
+    """the case is about a machine that cannot build or run engines"""
     xfail: str | None = None
 
 
@@ -157,9 +160,11 @@ LABEL = ("label", "--teacher", "{ckpt}", "--data", "{data}", "--output", "{t}/la
 
 CASES = [
     # --- CLI values: refused while parsing (exit 2) ---
-    Case("eval-batch-negative", (*EVAL_CKPT, "--batch-size", "-4"), 2, "--batch-size: must be a positive integer, got -4"),
+    Case("eval-batch-negative", (*EVAL_CKPT, "--batch-size", "-4"),
+         2, "--batch-size: must be a positive integer, got -4"),
     Case("eval-batch-zero", (*EVAL_CKPT, "--batch-size", "0"), 2, "--batch-size: must be a positive integer, got 0"),
-    Case("eval-workers-negative", (*EVAL_CKPT, "--workers", "-1"), 2, "--workers: must be an integer of 0 or more, got -1"),
+    Case("eval-workers-negative", (*EVAL_CKPT, "--workers", "-1"),
+         2, "--workers: must be an integer of 0 or more, got -1"),
     Case("eval-batch-not-a-number", (*EVAL_CKPT, "--batch-size", "many"), 2, "'many'"),
     Case("eval-severity-6", (*EVAL_CKPT, "--inc-severities", "1,6"), 2, "'6'"),
     Case("eval-unknown-corruption", (*EVAL_CKPT, "--inc-corruptions", "fgo"), 2, "unknown corruption 'fgo'"),
@@ -168,7 +173,8 @@ CASES = [
     Case("train-batch-negative", (*TRAIN, "--batch-size", "-8"), 2, "--batch-size: must be a positive integer, got -8"),
     Case("train-lr-negative", (*TRAIN, "--lr", "-0.1"), 2, "--lr: must be a positive number, got -0.1"),
     Case("train-lr-nan", (*TRAIN, "--lr", "nan"), 2, "--lr: must be a positive number, got 'nan'"),
-    Case("train-workers-negative", (*TRAIN, "--workers", "-2"), 2, "--workers: must be an integer of 0 or more, got -2"),
+    Case("train-workers-negative", (*TRAIN, "--workers", "-2"),
+         2, "--workers: must be an integer of 0 or more, got -2"),
     Case("train-probability-above-1", (*TRAIN, "--reprob", "1.5"), 2, "--reprob: must be a number in [0, 1], got 1.5"),
     Case("train-bad-device", (*TRAIN, "--device", "cuda:x"), 2, "'cuda:x'"),
     Case("corrupt-severity-0", (*CORRUPT, "--severities", "0"), 2, "'0'"),
@@ -176,14 +182,19 @@ CASES = [
     Case("corrupt-unknown-corruption", (*CORRUPT, "--corruptions", "fog,gausian_noise"), 2,
          "unknown corruption 'gausian_noise'; did you mean gaussian_noise"),
     Case("corrupt-batch-zero", (*CORRUPT, "--batch-size", "0"), 2, "--batch-size: must be a positive integer, got 0"),
-    Case("serve-port-too-big", ("serve", "{ckpt}", "--port", "70000"), 2, "--port: must be a port number in 1..65535, got 70000"),
-    Case("serve-port-not-a-number", ("serve", "{ckpt}", "--port", "http"), 2, "--port: must be a port number in 1..65535, got 'http'"),
+    Case("serve-port-too-big", ("serve", "{ckpt}", "--port", "70000"),
+         2, "--port: must be a port number in 1..65535, got 70000"),
+    Case("serve-port-not-a-number", ("serve", "{ckpt}", "--port", "http"),
+         2, "--port: must be a port number in 1..65535, got 'http'"),
     Case("serve-bad-device", ("serve", "{ckpt}", "--device", "tpu"), 2, "'tpu'"),
-    Case("app-port-zero", ("app", "--model", "{ckpt}", "--port", "0"), 2, "--port: must be a port number in 1..65535, got 0"),
+    Case("app-port-zero", ("app", "--model", "{ckpt}", "--port", "0"),
+         2, "--port: must be a port number in 1..65535, got 0"),
     Case("bench-batch-zero", (*BENCH, "--batch-size", "0"), 2, "--batch-size: must be a positive integer, got 0"),
     Case("label-topk-zero", (*LABEL, "--topk", "0"), 2, "--topk: must be a positive integer, got 0"),
-    Case("demo-epochs-negative", ("demo", "--output", "{t}/demo", "--epochs", "-1"), 2, "--epochs: must be a positive integer, got -1"),
-    Case("export-agreement-above-1", (*EXPORT, "--min-agreement", "1.5"), 2, "--min-agreement: must be a number in [0, 1], got 1.5"),
+    Case("demo-epochs-negative", ("demo", "--output", "{t}/demo", "--epochs", "-1"),
+         2, "--epochs: must be a positive integer, got -1"),
+    Case("export-agreement-above-1", (*EXPORT, "--min-agreement", "1.5"),
+         2, "--min-agreement: must be a number in [0, 1], got 1.5"),
     # --- data folders ---
     Case("eval-data-missing", (*EVAL, "{ckpt}", "--in1k", "{t}/nowhere"), 2, "{t}/nowhere does not exist"),
     Case("eval-data-is-a-file", (*EVAL, "{ckpt}", "--in1k", "{t}/lb.csv"), 2, "{t}/lb.csv is a file, not a folder"),
@@ -222,7 +233,8 @@ CASES = [
     Case("eval-onnx-truncated", (*EVAL, "{t}/cut.onnx", "--in1k", "{val}"), 1, "{t}/cut.onnx"),
     Case("eval-onnx-without-metadata", (*EVAL, "{onnx}", "--in1k", "{val}"), 1, "{onnx}"),
     Case("eval-engine-without-tensorrt", (*EVAL, "{t}/model.engine", "--in1k", "{val}"), 1, "{t}/model.engine"),
-    Case("export-engine-without-tensorrt", ("export", "{t}/garbage.onnx", "-o", "{t}/out/m.engine"), 1, "TensorRT"),
+    Case("export-engine-without-tensorrt", ("export", "{t}/garbage.onnx", "-o", "{t}/out/m.engine"), 1, "TensorRT",
+         without_tensorrt=True),
     Case("eval-engine-garbage-sidecar", (*EVAL, "{t}/sided.engine", "--in1k", "{val}"), 1, "{t}/sided.engine.json"),
     Case("eval-engine-incomplete-sidecar", (*EVAL, "{t}/halfsided.engine", "--in1k", "{val}"), 1,
          "{t}/halfsided.engine.json"),
@@ -232,7 +244,8 @@ CASES = [
     Case("eval-inc-tree-empty", (*EVAL, "{ckpt}", "--in-c", "{t}/emptydir"), 1, "{t}/emptydir"),
     Case("eval-inc-tree-is-clean-folder", (*EVAL, "{ckpt}", "--in-c", "{val}"), 1, "{val}"),
     Case("eval-endpoint-unreachable", (*EVAL, "http://127.0.0.1:9", "--in1k", "{val}"), 1, "http://127.0.0.1:9"),
-    Case("train-data-only-fake-pngs", (*TRAIN, "--data", "{t}/fakedata", "--val-split", "", "--batch-size", "2"), 1, "{t}/fakedata",
+    Case("train-data-only-fake-pngs", (*TRAIN, "--data", "{t}/fakedata", "--val-split", "", "--batch-size", "2"),
+         1, "{t}/fakedata",
          xfail=TRAIN_ALL_UNREADABLE),
     Case("train-token-labels-empty", (*TRAIN, "--stage", "student", "--model", NANO, "--token-labels", "{t}/emptydir"),
          1, "{t}/emptydir"),
@@ -299,6 +312,8 @@ def _params():
         if case.needs_chmod:
             marks.append(pytest.mark.skipif(ROOT, reason="root writes into chmod 0o555 folders; "
                                                          "the below-a-file case covers root"))
+        if case.without_tensorrt:
+            marks.append(pytest.mark.skipif(TENSORRT, reason="TensorRT and a GPU are here"))
         yield pytest.param(case, id=case.id, marks=marks)
 
 

@@ -35,12 +35,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", type=arg.model_source, help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
+    parser.add_argument("source", nargs="?", type=arg.model_source,
+                        help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
                         "exported .onnx file; omit with --model for random weights (smoke tests)")
     parser.add_argument("--output", "-o", type=Path, help="FILE.onnx, or FILE.engine for TensorRT (required, except "
                         "for `stl-bench export EXPORTED.onnx --triton-repo DIR`)")
     parser.add_argument("--model", help="architecture, if the checkpoint does not record it")
-    parser.add_argument("--num-classes", type=arg.positive_int, help="class count, if the checkpoint does not record it")
+    parser.add_argument("--num-classes", type=arg.positive_int,
+                        help="class count, if the checkpoint does not record it")
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
     parser.add_argument("--tokens", action="store_true",
                         help="also output token_logits (token-label models; needed for the fused STL head)")
@@ -52,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX opset (18..23); 23 writes token mixing as one ONNX Attention node, which "
                              "TensorRT parses from 10.14 on: use 20 for an older TensorRT")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 7], help="parity-check batch sizes")
-    parser.add_argument("--atol", type=arg.non_negative_float, default=1e-4, help="largest allowed |ONNX - PyTorch| (FP32 graph)")
+    parser.add_argument("--atol", type=arg.non_negative_float, default=1e-4,
+                        help="largest allowed |ONNX - PyTorch| (FP32 graph)")
     parser.add_argument("--min-agreement", type=arg.probability, default=0.99,
                         help="smallest allowed top-1 / token-argmax agreement of the FP16 graph on real images")
     parser.add_argument("--images", type=arg.existing_folder, help="folder of real images for the parity check "

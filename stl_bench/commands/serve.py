@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", type=arg.model_source, help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
+    p.add_argument("source", nargs="?", type=arg.model_source,
+                   help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
                    "engine (.engine/.plan)")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="architecture for a bare state dict; alone: random weights (smoke tests)")
@@ -30,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ema", action="store_true", help="serve the checkpoint's EMA weights")
     m.add_argument("--num-classes", type=arg.positive_int, help="class count for a model built by name")
     m.add_argument("--img-size", type=arg.positive_int, help="input size for a checkpoint (default: what it records)")
-    m.add_argument("--device", default="cpu", type=arg.device, help="cpu, cuda or cuda:N inside each replica (a GPU replica "
+    m.add_argument("--device", default="cpu", type=arg.device,
+                   help="cpu, cuda or cuda:N inside each replica (a GPU replica "
                    "also needs --gpus-per-replica)")
     m.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast for checkpoints")
     b = p.add_argument_group("batching and limits")
@@ -47,11 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--address", help="join a Ray cluster: auto (the local cluster `ray start` made) or "
                    "ray://HOST:10001; default: start an embedded Ray instance")
     s.add_argument("--replicas", type=arg.positive_int, default=1, help="model replicas (each opens its own copy)")
-    s.add_argument("--cpus-per-replica", type=arg.positive_float, help="CPUs reserved per replica (default: cores / replicas)")
-    s.add_argument("--gpus-per-replica", type=arg.non_negative_float, default=0.0, help="GPUs per replica (fractions share a GPU)")
+    s.add_argument("--cpus-per-replica", type=arg.positive_float,
+                   help="CPUs reserved per replica (default: cores / replicas)")
+    s.add_argument("--gpus-per-replica", type=arg.non_negative_float, default=0.0,
+                   help="GPUs per replica (fractions share a GPU)")
     s.add_argument("--metrics-port", type=arg.port, help="port of Ray's Prometheus metrics endpoint (embedded "
                    "instance; default: a free port, printed at start-up)")
-    s.add_argument("--write-config", metavar="FILE", type=arg.output_file, help="write the Ray Serve config YAML for this application "
+    s.add_argument("--write-config", metavar="FILE", type=arg.output_file,
+                   help="write the Ray Serve config YAML for this application "
                    "and exit (deploy it with `serve deploy FILE`)")
 
 
