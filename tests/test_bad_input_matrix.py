@@ -139,8 +139,8 @@ GARBAGE_LEADERBOARD = ("stl_bench/evaluate/leaderboard.py update_leaderboard: a 
                        "and refused, before any cell is computed")
 TRAIN_ALL_UNREADABLE = ("stl_bench/train (data, loop): a training set whose every image is unreadable trains on 0 "
                         "images and exits 0, writing last.pt, instead of being refused")
-LABEL_ALL_UNREADABLE = ("stl_bench/stl/labeling.py: a data set whose every image is unreadable is labelled and the "
-                        "command exits 0 instead of refusing it")
+LABEL_ALL_UNREADABLE = ("stl_bench/stl/labeling.py: a data set whose every image is unreadable gets token labels "
+                        "written for those files and the command exits 0, instead of being refused")
 CORRUPT_ALL_UNREADABLE = ("stl_bench/data/corruptions/tree.py: a source tree whose every image is unreadable writes "
                           "nothing and exits 0 instead of failing")
 

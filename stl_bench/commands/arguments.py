@@ -224,8 +224,8 @@ def _check_can_create(target: Path, folder: Path) -> None:
                                          "choose another location")
     try:
         ensure_writable_folder(probe, "output")
-    except StlBenchError as exc:
-        raise argparse.ArgumentTypeError(f"cannot write {target}: {exc}") from None
+    except StlBenchError as exc:  # its message names the folder; name the target too when it differs
+        raise argparse.ArgumentTypeError(str(exc) if probe == target else f"cannot write {target}: {exc}") from None
 
 
 def output_file(text: str) -> Path:
