@@ -189,6 +189,8 @@ CASES = [
     Case("serve-bad-device", ("serve", "{ckpt}", "--device", "tpu"), 2, "'tpu'"),
     Case("app-port-zero", ("app", "--model", "{ckpt}", "--port", "0"),
          2, "--port: must be a port number in 1..65535, got 0"),
+    Case("app-upload-limit-without-unit", ("app", "--model", "{ckpt}", "--max-file-size", "10"), 2,
+         "--max-file-size: must be a whole number with a unit (b, kb, mb, gb, tb) like 10mb, got '10'"),
     Case("bench-batch-zero", (*BENCH, "--batch-size", "0"), 2, "--batch-size: must be a positive integer, got 0"),
     Case("label-topk-zero", (*LABEL, "--topk", "0"), 2, "--topk: must be a positive integer, got 0"),
     Case("demo-epochs-negative", ("demo", "--output", "{t}/demo", "--epochs", "-1"),

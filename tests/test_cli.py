@@ -152,6 +152,7 @@ def test_every_number_flag_has_a_range_check():
     ("severity_list", [("1,3,3,5", "1,3,5"), (" 2 ", "2")], ["0", "6", "1,x", ",", "1.5"], "1..5"),
     ("corruption_list", [("fog,fog", "fog"), ("extra", "speckle_noise,gaussian_blur,spatter,saturate")],
      ["fgo", ",", "noise"], "corruption"),
+    ("file_size", [("10mb", "10mb"), ("1 GB", "1GB"), ("512kb", "512kb")], ["10", "1.5mb", "lots", "mb"], "unit"),
 ])
 def test_argument_checks(check, good, bad, words):
     import argparse

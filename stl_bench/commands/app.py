@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", type=arg.device, help="torch device for checkpoints")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the page to the network")
     parser.add_argument("--port", type=arg.port, default=7860, help="port to serve on")
-    parser.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
+    parser.add_argument("--max-file-size", default="10mb", type=arg.file_size, help="largest upload accepted")
     parser.add_argument("--concurrency", type=arg.positive_int, default=2,
                         help="requests computed at once (the rest queue)")
     parser.add_argument("--threads", type=arg.positive_int, default=1,

@@ -30,6 +30,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt")
 EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")
 # cpu, cuda, cuda:N, mps; "auto" only where the command resolves it (see `device_or_auto`)
 _DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+_FILE_SIZE = re.compile(r"\s*\d+\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)  # what Gradio's upload limit parses
 
 
 def _named(check: Check, name: str) -> Check:
@@ -125,6 +126,14 @@ def device(text: str) -> str:
 def device_or_auto(text: str) -> str:
     """`device`, or "auto" (a GPU when torch sees one)."""
     return "auto" if text.strip() == "auto" else device(text)
+
+
+def file_size(text: str) -> str:
+    """A size with its unit, as upload limits take it: 10mb, 1gb (whole numbers)."""
+    if not _FILE_SIZE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be a whole number with a unit (b, kb, mb, gb, tb) like 10mb, "
+                                         f"got {text!r}")
+    return text.replace(" ", "")
 
 
 def _names(text: str) -> list[str]:
