@@ -259,3 +259,11 @@ def test_checked_values_reach_the_command(monkeypatch, tmp_path):
     assert args.lr == 1e-3 and args.scale == [0.5, 1.0] and args.output == str(tmp_path)
     args = build_parser().parse_args(["demo", "--corruptions", "fog,snow", "--severities", "2,3"])
     assert args.corruptions == ("fog", "snow") and args.severities == (2, 3)
+
+
+def test_train_checks_name_real_flags():
+    """A check keyed by a misspelt field would silently check nothing."""
+    from stl_bench.commands.train import _CHECKS
+    from stl_bench.train.config import flag_fields
+
+    assert set(_CHECKS) <= {f.name for f, _ in flag_fields()}
