@@ -4,7 +4,9 @@ Sub-commands live in `stl_bench.commands`, one module each, listed by name in
 `COMMANDS`: the table is the one place that says which commands exist and in which
 order `--help` shows them (grep finds them; a helper module beside them is just a
 helper). User errors (`StlBenchError`) are printed as one line without a traceback,
-and the exit code is non-zero.
+and the exit code is non-zero: 2 for a flag refused while parsing (the checks in
+`stl_bench.commands.arguments`, before any work starts), 1 for what a command finds wrong
+once it runs.
 """
 from __future__ import annotations
 
@@ -24,12 +26,23 @@ COMMANDS: tuple[str, ...] = (
 """The `stl_bench.commands` modules that are sub-commands, in display order."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line: `stl-bench eval: error: argument --batch-size: ...`.
+
+    The usage block argparse prints first would bury the line that says what is wrong;
+    `--help` still shows it. Sub-command parsers are made from the same class.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _command_modules() -> list[ModuleType]:
     return [importlib.import_module(f"stl_bench.commands.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stl-bench",
         description=(
             "Robust vision transformers: FAN models with Self-emerging Token Labeling (STL). "

@@ -89,8 +89,10 @@ def test_table_shows_skips():
 
 
 def test_bench_rejects_bad_counts(capsys):
-    assert main(["bench", "--model", "fan_nano_4_p4_32", "--batch-size", "0"]) == 1
-    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused while parsing the flags
+        main(["bench", "--model", "fan_nano_4_p4_32", "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "must be a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--model", "fan_nano_4_p4_32", "--head", "mean"])
 

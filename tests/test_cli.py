@@ -1,8 +1,11 @@
 """The `stl-bench` command line: --help everywhere, `models`, and one clear line for bad input."""
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -72,12 +75,13 @@ def test_bad_files_are_one_line_without_traceback(tmp_path, nano_checkpoint):
     truncated.write_bytes(nano_checkpoint.read_bytes()[:1000])
     text = tmp_path / "notes.pth"
     text.write_text("just text")
-    for path, message in [(tmp_path / "missing.pth", "does not exist"), (truncated, "truncated"), (text, "not a readable")]:
+    cases = [(tmp_path / "missing.pth", "does not exist", 2), (truncated, "truncated", 1), (text, "not a readable", 1)]
+    for path, message, code in cases:
         proc = subprocess.run(
             [sys.executable, "-m", "stl_bench", "models", "--inspect", str(path)],
             capture_output=True, text=True, timeout=120,
         )
-        assert proc.returncode == 1
+        assert proc.returncode == code
         assert message in proc.stderr
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
@@ -116,3 +120,150 @@ def test_the_command_table_is_the_one_list_and_helpers_are_ignored(tmp_path, mon
     actions = [a for a in parser._actions if a.dest == "command"]
     assert list(actions[0].choices) == list(cli.COMMANDS)
     assert main(["models"]) == 0
+
+
+# Number flags left to the command's own check, and why.
+UNCHECKED_NUMBERS = {
+    ("export", "--opset"),  # the exporter owns the supported opset range and names it
+    # checked together with the engine's --max-batch, in one message listing every bad Triton setting
+    ("export", "--triton-max-batch"), ("export", "--triton-instances"), ("export", "--triton-queue-delay-us"),
+}
+
+
+def test_every_number_flag_has_a_range_check():
+    """A plain type=int/float accepts -4 and 0; every number flag names its range instead."""
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    plain = {(name, action.option_strings[0] if action.option_strings else action.dest)
+             for name, parser in sub.choices.items() for action in parser._actions if action.type in (int, float)}
+    assert plain == UNCHECKED_NUMBERS
+
+
+@pytest.mark.parametrize("check, good, bad, words", [
+    ("positive_int", [("3", 3)], ["0", "-4", "2.5", "x", ""], "must be a positive integer"),
+    ("non_negative_int", [("0", 0), ("7", 7)], ["-1", "1e3"], "integer of 0 or more"),
+    ("positive_float", [("1e-3", 1e-3)], ["0", "-0.1", "nan", "inf", "x"], "must be a positive number"),
+    ("non_negative_float", [("0", 0.0)], ["-1e-9", "nan"], "number of 0 or more"),
+    ("probability", [("0", 0.0), ("1", 1.0), (".3", 0.3)], ["1.01", "-0.1"], "in [0, 1]"),
+    ("port", [("1", 1), ("65535", 65535)], ["0", "65536", "-80", "http"], "port number in 1..65535"),
+    ("device", [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1")], ["gpu", "cuda:x", "auto", ""], "device"),
+    ("device_or_auto", [("auto", "auto"), ("cpu", "cpu")], ["cuda:-1", "tpu"], "device"),
+    ("severity_list", [("1,3,3,5", "1,3,5"), (" 2 ", "2")], ["0", "6", "1,x", ",", "1.5"], "1..5"),
+    ("corruption_list", [("fog,fog", "fog"), ("extra", "speckle_noise,gaussian_blur,spatter,saturate")],
+     ["fgo", ",", "noise"], "corruption"),
+    ("file_size", [("10mb", "10mb"), ("1 GB", "1GB"), ("512kb", "512kb")], ["10", "1.5mb", "lots", "mb"], "unit"),
+])
+def test_argument_checks(check, good, bad, words):
+    import argparse
+
+    from stl_bench.commands import arguments
+
+    fn = getattr(arguments, check)
+    for text, value in good:
+        assert fn(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(words)):
+            fn(text)
+
+
+def test_ranges_with_open_ends():
+    import argparse
+
+    from stl_bench.commands.arguments import fraction, int_range
+
+    crop = fraction(low_open=True)
+    assert crop("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape("in (0, 1], got 0")):
+        crop("0")
+    drop = fraction(high_open=True)
+    assert drop("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape("in [0, 1), got 1")):
+        drop("1")
+    assert int_range(18, 23)("20") == 20
+    with pytest.raises(argparse.ArgumentTypeError, match="18..23"):
+        int_range(18, 23)("11")
+
+
+def test_path_checks_name_the_path_and_create_nothing(tmp_path):
+    import argparse
+
+    from stl_bench.commands.arguments import (existing_file, existing_folder, model_source, named_folder,
+                                              output_file, output_folder)
+
+    (tmp_path / "f.pt").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    assert existing_file(str(tmp_path / "f.pt")) == tmp_path / "f.pt"
+    assert existing_folder(str(tmp_path / "d")) == tmp_path / "d"
+    assert output_folder(str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+    assert output_file(str(tmp_path / "new" / "lb.csv")) == tmp_path / "new" / "lb.csv"
+    assert output_file("relative.csv") == Path("relative.csv")
+    assert named_folder(f"v2={tmp_path / 'd'}") == f"v2={tmp_path / 'd'}"
+    # sources: files that exist, endpoints and bare model names pass as given
+    for source in (str(tmp_path / "f.pt"), "http://127.0.0.1:8000", "https://host/x", "fan_nano_4_p4_32_token"):
+        assert model_source(source) == source
+    refused = [
+        (existing_file, tmp_path / "nope.pt", "does not exist; check the path"),
+        (existing_file, tmp_path / "d", "is a folder, not a file"),
+        (existing_folder, tmp_path / "nope", "does not exist; check the path"),
+        (existing_folder, tmp_path / "f.pt", "is a file, not a folder"),
+        (model_source, tmp_path / "nope.onnx", "does not exist"),
+        (model_source, tmp_path / "d", "is a folder"),
+        (output_folder, tmp_path / "f.pt", "is a file, not a folder"),
+        (output_folder, tmp_path / "f.pt" / "run", "is a file, not a folder"),
+        (output_file, tmp_path / "d", "is a folder; pass a file name"),
+        (output_file, tmp_path / "f.pt" / "x" / "lb.csv", "is a file, not a folder"),
+        (named_folder, f"v2={tmp_path / 'nope'}", "does not exist"),
+    ]
+    for check, value, words in refused:
+        with pytest.raises(argparse.ArgumentTypeError) as err:
+            check(str(value))
+        assert words in str(err.value) and str(value).split("=")[-1] in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.pt"]  # nothing made, no probe left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_refused(tmp_path):
+    import argparse
+
+    from stl_bench.commands.arguments import output_file, output_folder
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for check, value in ((output_folder, ro), (output_folder, ro / "new"), (output_file, ro / "lb.csv")):
+            with pytest.raises(argparse.ArgumentTypeError, match="cannot write"):
+                check(str(value))
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
+
+
+def test_a_refused_flag_is_one_line_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--batch-size", "-4"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stl-bench eval: error: argument --batch-size: must be a positive integer, got -4")
+    assert err.count("\n") == 1
+
+
+def test_checked_values_reach_the_command(monkeypatch, tmp_path):
+    """The checks hand commands what they used to get: numbers, paths and comma lists they split."""
+    args = build_parser().parse_args(["corrupt", str(tmp_path), str(tmp_path / "out"), "--corruptions", "fog,extra",
+                                      "--severities", "5,1", "--batch-size", "4"])
+    assert args.batch_size == 4 and args.severities == "5,1" and args.dst == tmp_path / "out"
+    assert args.corruptions == "fog,speckle_noise,gaussian_blur,spatter,saturate"
+    args = build_parser().parse_args(["train", "--lr", "1e-3", "--scale", "0.5", "1", "--output", str(tmp_path)])
+    assert args.lr == 1e-3 and args.scale == [0.5, 1.0] and args.output == str(tmp_path)
+    args = build_parser().parse_args(["demo", "--corruptions", "fog,snow", "--severities", "2,3"])
+    assert args.corruptions == ("fog", "snow") and args.severities == (2, 3)
+
+
+def test_train_checks_name_real_flags():
+    """A check keyed by a misspelt field would silently check nothing."""
+    from stl_bench.commands.train import _CHECKS
+    from stl_bench.train.config import flag_fields
+
+    assert set(_CHECKS) <= {f.name for f, _ in flag_fields()}

@@ -104,16 +104,20 @@ def test_unreadable_images_are_skipped_and_reported(tree, tmp_path, caplog):
     assert not (dst / "fog" / "1" / "cat" / "broken.JPEG").exists()
 
 
-def _error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 1
+def _error(capsys, argv: list[str], code: int = 1) -> str:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # a flag refused while parsing: code 2
+        rc = exc.code
+    assert rc == code
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err  # one line, no traceback
+    assert err.startswith("error: " if code == 1 else "stl-bench corrupt: error: ") and "\n" not in err
     return err
 
 
 def test_bad_input_messages(tree, tmp_path, capsys):
     dst = str(tmp_path / "out")
-    assert "does not exist" in _error(capsys, ["corrupt", str(tmp_path / "nowhere"), dst, *FAST])
+    assert "does not exist" in _error(capsys, ["corrupt", str(tmp_path / "nowhere"), dst, *FAST], 2)
     empty = tmp_path / "empty"
     (empty / "cls").mkdir(parents=True)
     assert "no image files" in _error(capsys, ["corrupt", str(empty), dst, *FAST])
@@ -121,9 +125,9 @@ def test_bad_input_messages(tree, tmp_path, capsys):
     flat.mkdir()
     Image.new("RGB", (8, 8)).save(flat / "a.png")
     assert "no class sub-folders" in _error(capsys, ["corrupt", str(flat), dst, *FAST])
-    msg = _error(capsys, ["corrupt", str(tree), dst, "--corruptions", "gausian_noise", "--workers", "0"])
+    msg = _error(capsys, ["corrupt", str(tree), dst, "--corruptions", "gausian_noise", "--workers", "0"], 2)
     assert "unknown corruption 'gausian_noise'" in msg and "did you mean gaussian_noise" in msg
-    assert "1..5" in _error(capsys, ["corrupt", str(tree), dst, "--severities", "0,6", "--workers", "0"])
+    assert "1..5" in _error(capsys, ["corrupt", str(tree), dst, "--severities", "0,6", "--workers", "0"], 2)
     assert "inside SRC" in _error(capsys, ["corrupt", str(tree), str(tree / "out"), *FAST])
     (tree / "dog" / "img0.jpeg").write_bytes((tree / "dog" / "img1.jpg").read_bytes())
     assert "would both be written" in _error(capsys, ["corrupt", str(tree), dst, *FAST])

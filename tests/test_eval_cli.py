@@ -66,17 +66,22 @@ def test_eval_writes_row_long_csv_figure_and_resumes(tmp_path, lookup, capsys):
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 1
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--in1k", "/nonexistent/val"], "does not exist"),
-    (["--folder", "oops"], "NAME=DIR"),
-    (["--in1k", "X", "--normalizer", "/nonexistent.csv"], "normaliser file"),
-    (["--in1k", "X", "--inc-corruptions", "fgo"], "unknown corruption"),
-    ([], "no suite given"),
+@pytest.mark.parametrize("extra,message,code", [  # code 2: refused while parsing the flags
+    (["--in1k", "/nonexistent/val"], "does not exist", 2),
+    (["--folder", "oops"], "NAME=DIR", 2),
+    (["--in1k", "X", "--normalizer", "/nonexistent.csv"], "normaliser file", 1),
+    (["--in1k", "X", "--inc-corruptions", "fgo"], "unknown corruption", 2),
+    ([], "no suite given", 1),
 ])
-def test_user_errors_are_one_line_and_write_nothing(tmp_path, lookup, capsys, extra, message):
+def test_user_errors_are_one_line_and_write_nothing(tmp_path, lookup, capsys, extra, message, code):
     lookup["table"] = logits_table(1000, {})
+    extra = [str(tmp_path) if e == "X" else e for e in extra]
     args = ["eval", *extra, "--leaderboard", str(tmp_path / "lb.csv"), "--out", str(tmp_path / "run")]
-    assert main(args) == 1
+    try:
+        rc = main(args)
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc == code
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "lb.csv").exists()

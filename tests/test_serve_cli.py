@@ -10,9 +10,12 @@ from stl_bench.cli import main
 
 
 def test_missing_model_file_is_one_line(tmp_path, capsys):
-    assert main(["serve", str(tmp_path / "nope.pth"), "--port", "8123"]) == 1
+    with pytest.raises(SystemExit) as exc:  # refused while parsing the flags
+        main(["serve", str(tmp_path / "nope.pth"), "--port", "8123"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model file") and "does not exist" in err and "\n" not in err
+    assert err.startswith("stl-bench serve: error: argument source: model file") and "does not exist" in err
+    assert "\n" not in err
 
 
 def test_port_in_use_is_one_line(tiny_checkpoint, tmp_path, capsys):
@@ -34,7 +37,9 @@ def test_port_in_use_is_one_line(tiny_checkpoint, tmp_path, capsys):
 ])
 def test_bad_flags_are_one_line(tiny_checkpoint, tmp_path, capsys, flags, words):
     ckpt = tiny_checkpoint(tmp_path / "m.pt", seed=0)
-    assert main(["serve", str(ckpt), *flags]) == 1
+    with pytest.raises(SystemExit) as exc:  # refused while parsing the flags
+        main(["serve", str(ckpt), *flags])
+    assert exc.value.code == 2
     assert words in capsys.readouterr().err
 
 

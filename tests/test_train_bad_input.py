@@ -79,3 +79,35 @@ def test_label_command_refuses_to_overwrite(capsys, tmp_path: Path) -> None:
 @pytest.mark.parametrize("flag", [["--stage", "nope"], ["--label-mode", "threshold"], ["--batch-size", "7"]])
 def test_bad_flags(capsys, tmp_path: Path, flag: list[str]) -> None:
     _fails(capsys, ["--data", "demo", "--output", str(tmp_path / "o"), *flag])
+
+
+@pytest.mark.parametrize("flag", [["--epochs", "0"], ["--lr", "-1"], ["--drop-path", "1"], ["--crop-pct", "0"],
+                                  ["--workers", "-1"], ["--device", "gpu"], ["--scale", "0", "1"]])
+def test_bad_values_are_refused_while_parsing(capsys, tmp_path: Path, flag: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *QUICK, "--data", "demo", "--output", str(tmp_path / "o"), *flag])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stl-bench train: error: argument " + flag[0]) and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("preset", ["defaults", "demo", "fan_tiny_hybrid", "fan_large_hybrid"])
+def test_every_recipe_value_passes_the_flag_checks(preset: str) -> None:
+    """The checks refuse nonsense, never a value a shipped recipe uses."""
+    from dataclasses import MISSING
+
+    from stl_bench.cli import build_parser
+    from stl_bench.train.config import PRESETS, flag_fields
+
+    values = {f.name: f.default for f, _ in flag_fields() if f.default is not MISSING}
+    values.update(PRESETS.get(preset, {}))
+    argv = ["train"]
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            argv += [flag, *map(str, value if isinstance(value, tuple) else (value,))]
+    args = build_parser().parse_args(argv)
+    assert args.batch_size == values["batch_size"] and args.lr == values["lr"]

@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from stl_bench.commands import arguments as arg
+
 NAME = "app"
 HELP = "serve a web page that shows per-patch token-label maps for any image"
 DESCRIPTION = (
@@ -32,15 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint weights: EMA when present (auto), or force one")
     parser.add_argument("--head", choices=("auto", "cls", "fused"), default="auto",
                         help="class score of token models: fused = class + 0.5 x token max (STL's evaluation)")
-    parser.add_argument("--device", default="cpu", help="torch device for checkpoints")
+    parser.add_argument("--device", default="cpu", type=arg.device, help="torch device for checkpoints")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the page to the network")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on")
-    parser.add_argument("--max-file-size", default="10mb", help="largest upload accepted")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (the rest queue)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--port", type=arg.port, default=7860, help="port to serve on")
+    parser.add_argument("--max-file-size", default="10mb", type=arg.file_size, help="largest upload accepted")
+    parser.add_argument("--concurrency", type=arg.positive_int, default=2,
+                        help="requests computed at once (the rest queue)")
+    parser.add_argument("--threads", type=arg.positive_int, default=1,
                         help="torch threads per request: batch-1 requests gain little from more, and on a busy "
                              "CPU extra threads cost far more than they give (--concurrency runs requests in parallel)")
-    parser.add_argument("--examples", default=None, metavar="DIR",
+    parser.add_argument("--examples", default=None, metavar="DIR", type=arg.existing_folder,
                         help="folder of example images (default: the checkout's app/examples)")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stl_bench.commands import arguments as arg
+
 NAME = "bench"
 HELP = "time PyTorch (eager, autocast, compile), ONNX Runtime and TensorRT against PyTorch eager"
 DESCRIPTION = (
@@ -17,26 +19,30 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from stl_bench.deploy.bench import ALL_BACKENDS, H100_BF16_DENSE_TFLOPS
 
-    parser.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint to time (default: random weights)")
+    parser.add_argument("checkpoint", nargs="?", type=arg.existing_file,
+                        help="checkpoint to time (default: random weights)")
     parser.add_argument("--model", help="architecture (required without a checkpoint that records it)")
-    parser.add_argument("--num-classes", type=int)
-    parser.add_argument("--img-size", type=int, help="input size (default: the model's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--batch-size", type=int, default=8, help="throughput batch size")
-    parser.add_argument("--latency-iters", type=int, default=20, help="timed batch-1 calls per backend")
-    parser.add_argument("--throughput-iters", type=int, default=5, help="timed batch calls per backend")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend before each phase")
+    parser.add_argument("--num-classes", type=arg.positive_int)
+    parser.add_argument("--img-size", type=arg.positive_int, help="input size (default: the model's)")
+    parser.add_argument("--device", default="cpu", type=arg.device, help="cpu or cuda[:N]")
+    parser.add_argument("--batch-size", type=arg.positive_int, default=8, help="throughput batch size")
+    parser.add_argument("--latency-iters", type=arg.positive_int, default=20, help="timed batch-1 calls per backend")
+    parser.add_argument("--throughput-iters", type=arg.positive_int, default=5, help="timed batch calls per backend")
+    parser.add_argument("--warmup", type=arg.non_negative_int, default=2,
+                        help="untimed calls per backend before each phase")
     parser.add_argument("--backends", help=f"comma-separated subset of: {', '.join(ALL_BACKENDS)} "
                         "(default: all that make sense on the device)")
     parser.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
                         help="scores for the agreement check (auto: fused for token models)")
-    parser.add_argument("--real-images", type=int, default=64, help="real images for the agreement check")
-    parser.add_argument("--images", type=Path, help="folder of real images (default: scikit-learn's digits)")
-    parser.add_argument("--work-dir", type=Path, help="keep the exported ONNX files / engines here")
-    parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
+    parser.add_argument("--real-images", type=arg.positive_int, default=64, help="real images for the agreement check")
+    parser.add_argument("--images", type=arg.existing_folder,
+                        help="folder of real images (default: scikit-learn's digits)")
+    parser.add_argument("--work-dir", type=arg.output_folder, help="keep the exported ONNX files / engines here")
+    parser.add_argument("--ort-threads", type=arg.non_negative_int, default=0,
+                        help="ONNX Runtime intra-op threads (0: one per core)")
+    parser.add_argument("--peak-tflops", type=arg.positive_float, default=H100_BF16_DENSE_TFLOPS,
                         help="GPU peak for model FLOPs utilisation")
-    parser.add_argument("--csv", type=Path, help="write the rows to this CSV file")
+    parser.add_argument("--csv", type=arg.output_file, help="write the rows to this CSV file")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stl_bench.commands import arguments as arg
+
 NAME = "corrupt"
 HELP = "write ImageNet-C corrupted copies of an image folder (19 corruptions x 5 severities)"
 DESCRIPTION = (
@@ -20,17 +22,19 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="image folder: SRC/<class>/<image files>")
-    p.add_argument("dst", help="output root: DST/<corruption>/<severity>/<class>/<file>.JPEG")
-    p.add_argument("--corruptions", default="all",
+    p.add_argument("src", type=arg.existing_folder, help="image folder: SRC/<class>/<image files>")
+    p.add_argument("dst", type=arg.output_folder, help="output root: DST/<corruption>/<severity>/<class>/<file>.JPEG")
+    p.add_argument("--corruptions", default="all", type=arg.corruption_list,
                    help="comma-separated corruption names, or all (19), standard (the 15 of mCE) or extra (4)")
-    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities in 1..5")
-    p.add_argument("--size", type=int, default=224,
+    p.add_argument("--severities", default="1,2,3,4,5", type=arg.severity_list,
+                   help="comma-separated severities in 1..5")
+    p.add_argument("--size", type=arg.non_negative_int, default=224,
                    help="crop size: resize the shorter side to size*256/224, centre crop size "
                         "(ImageNet-C: 224); 0 keeps the images as they are (e.g. the 32 px demo data)")
-    p.add_argument("--batch-size", type=int, default=32, help="images corrupted together")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (auto: cuda if available)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=arg.positive_int, default=32, help="images corrupted together")
+    p.add_argument("--device", default="auto", type=arg.device_or_auto,
+                   help="cpu, cuda, cuda:1 (auto: cuda if available)")
+    p.add_argument("--workers", type=arg.non_negative_int, default=None,
                    help="decoding processes and JPEG-writing threads (default: min(4, CPU count))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

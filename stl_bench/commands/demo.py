@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stl_bench.commands import arguments as arg
+
 NAME = "demo"
 HELP = "the whole toolkit on the built-in digits data, on a CPU (the README's main job)"
 DESCRIPTION = (
@@ -21,19 +23,22 @@ def _names(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=Path, default=Path("stl_bench_runs/demo"),
+    parser.add_argument("--output", type=arg.output_folder, default=Path("stl_bench_runs/demo"),
                         help="folder for every output (checkpoints, evaluation cells, leaderboard, ONNX)")
-    parser.add_argument("--data", type=Path, default=None,
+    parser.add_argument("--data", type=arg.output_folder, default=None,
                         help="where the digits data set is written (default: $STL_BENCH_DATA/demo_digits or "
                              "~/.cache/stl_bench/demo_digits)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the demo preset's)")
-    parser.add_argument("--seed", type=int, default=42, help="training seed")
-    parser.add_argument("--corruptions", type=_names, default=None,
+    parser.add_argument("--epochs", type=arg.positive_int, default=None,
+                        help="training epochs per model (default: the demo preset's)")
+    parser.add_argument("--seed", type=arg.non_negative_int, default=42, help="training seed")
+    parser.add_argument("--corruptions", type=lambda v: _names(arg.corruption_list(v)), default=None,
                         help="comma-separated corruption subset (default: all 15 + 4; mCE needs the 15)")
-    parser.add_argument("--severities", type=lambda v: tuple(int(s) for s in _names(v)), default=None,
+    parser.add_argument("--severities", type=lambda v: tuple(int(s) for s in _names(arg.severity_list(v))),
+                        default=None,
                         help="comma-separated severities (default: 1,2,3,4,5)")
-    parser.add_argument("--max-train-samples", type=int, default=None, help="train on a subset (smoke runs)")
-    parser.add_argument("--inc-per-class", type=int, default=10,
+    parser.add_argument("--max-train-samples", type=arg.positive_int, default=None,
+                        help="train on a subset (smoke runs)")
+    parser.add_argument("--inc-per-class", type=arg.non_negative_int, default=10,
                         help="validation images per class scored on the corruptions (0: the whole split)")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX export")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

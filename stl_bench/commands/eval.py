@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from stl_bench.commands import arguments as arg
+
 NAME = "eval"
 HELP = "evaluate a model on IN-1K / IN-A / IN-R / IN-C and folder suites; update the leaderboard"
 DESCRIPTION = (
@@ -19,19 +21,22 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="checkpoint (.pth/.pth.tar/.safetensors), .onnx file, TensorRT engine, "
+    p.add_argument("source", nargs="?", type=arg.model_source,
+                   help="checkpoint (.pth/.pth.tar/.safetensors), .onnx file, TensorRT engine, "
                    "or the URL of a `stl-bench serve` endpoint (http://127.0.0.1:8000: scored as served)")
     p.add_argument("--model", help="timm / FAN model name (architecture for a bare state dict; alone: random weights)")
     p.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
                    help="token models: fused = class logits + 0.5 x per-class max over tokens (STL's numbers)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--num-classes", type=int, help="class count for a model built by name")
+    p.add_argument("--num-classes", type=arg.positive_int, help="class count for a model built by name")
     g = p.add_argument_group("suites (any subset)")
-    g.add_argument("--in1k", metavar="DIR", help="clean validation folder (ImageNet-1K val, or the model's own classes)")
-    g.add_argument("--in-a", metavar="DIR", help="ImageNet-A folder (200 wnids)")
-    g.add_argument("--in-r", metavar="DIR", help="ImageNet-R folder (200 wnids)")
-    g.add_argument("--in-c", metavar="DIR", help="ImageNet-C tree, or with --inc-on-the-fly a clean val folder")
-    g.add_argument("--folder", metavar="NAME=DIR", action="append", default=[],
+    g.add_argument("--in1k", metavar="DIR", type=arg.existing_folder,
+                   help="clean validation folder (ImageNet-1K val, or the model's own classes)")
+    g.add_argument("--in-a", metavar="DIR", type=arg.existing_folder, help="ImageNet-A folder (200 wnids)")
+    g.add_argument("--in-r", metavar="DIR", type=arg.existing_folder, help="ImageNet-R folder (200 wnids)")
+    g.add_argument("--in-c", metavar="DIR", type=arg.existing_folder,
+                   help="ImageNet-C tree, or with --inc-on-the-fly a clean val folder")
+    g.add_argument("--folder", metavar="NAME=DIR", action="append", default=[], type=arg.named_folder,
                    help="any ImageNet-layout folder as a plain suite (ImageNet-V2, ImageNet-Sketch); repeatable")
     s = p.add_argument_group("scoring")
     s.add_argument("--a-r-mode", default="official", choices=["official", "all1000"],
@@ -40,23 +45,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CE reference: alexnet (built-in table) or a reference model's results_long.csv")
     s.add_argument("--inc-on-the-fly", action="store_true",
                    help="corrupt --in-c (a clean folder) on the fly: decode once, 19 x 5 cells, per-sample seeds")
-    s.add_argument("--inc-corruptions", help="comma-separated subset of corruptions (mCE needs all 15 standard)")
-    s.add_argument("--inc-severities", help="comma-separated subset of severities 1..5")
-    s.add_argument("--inc-group", type=int, help="on-the-fly cells per decode pass (default: all; smaller saves sooner)")
+    s.add_argument("--inc-corruptions", type=arg.corruption_list,
+                   help="comma-separated subset of corruptions (mCE needs all 15 standard)")
+    s.add_argument("--inc-severities", type=arg.severity_list, help="comma-separated subset of severities 1..5")
+    s.add_argument("--inc-group", type=arg.positive_int,
+                   help="on-the-fly cells per decode pass (default: all; smaller saves sooner)")
     r = p.add_argument_group("running")
-    r.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available); torchrun: per rank")
+    r.add_argument("--device", default=None, type=arg.device_or_auto,
+                   help="cuda, cuda:1, cpu (default: cuda if available); torchrun: per rank")
     r.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
                    help="autocast dtype (auto: bf16 on GPU, none on CPU)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster convs on GPU)")
-    r.add_argument("--img-size", type=int, help="input size for a checkpoint (default: what the file or its model "
+    r.add_argument("--img-size", type=arg.positive_int,
+                   help="input size for a checkpoint (default: what the file or its model "
                    "card records, e.g. 384 for the 384-px fine-tunes, else the architecture's)")
-    r.add_argument("--batch-size", type=int, default=None, help="images per batch (default 256 on GPU, 64 on CPU)")
-    r.add_argument("--workers", type=int, default=None, help="decoding worker processes (default: up to 8)")
-    r.add_argument("--max-cells", type=int, help="stop after computing this many cells (re-run to continue)")
+    r.add_argument("--batch-size", type=arg.positive_int, default=None,
+                   help="images per batch (default 256 on GPU, 64 on CPU)")
+    r.add_argument("--workers", type=arg.non_negative_int, default=None,
+                   help="decoding worker processes (default: up to 8)")
+    r.add_argument("--max-cells", type=arg.positive_int,
+                   help="stop after computing this many cells (re-run to continue)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     o = p.add_argument_group("outputs")
-    o.add_argument("--out", help="run folder for cells, long CSV and figure (default: eval_runs/<model>-<hash>-<head>)")
-    o.add_argument("--leaderboard", default="eval_runs/leaderboard.csv", help="leaderboard CSV to update")
+    o.add_argument("--out", type=arg.output_folder,
+                   help="run folder for cells, long CSV and figure (default: eval_runs/<model>-<hash>-<head>)")
+    o.add_argument("--leaderboard", default="eval_runs/leaderboard.csv", type=arg.output_file,
+                   help="leaderboard CSV to update")
     o.add_argument("--no-figure", action="store_true", help="skip the CE figure")
 
 

@@ -17,6 +17,7 @@ DESCRIPTION = (
     "softmax and reductions kept in FP32. --triton-repo DIR also writes a Triton Inference Server model "
     "repository for the exported file (or, given an exported .onnx/engine and no --output, only that)."
 )
+from stl_bench.commands import arguments as arg  # noqa: E402
 from stl_bench.deploy.runner import ENGINE_SUFFIXES  # noqa: E402  (light: torch only)
 log = logging.getLogger(__name__)
 TRITON_DEFAULTS = {"name": None, "max_batch": 64, "instances": 1, "kind": "auto", "queue_delay_us": 2000,
@@ -34,37 +35,40 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
+    parser.add_argument("source", nargs="?", type=arg.model_source,
+                        help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
                         "exported .onnx file; omit with --model for random weights (smoke tests)")
     parser.add_argument("--output", "-o", type=Path, help="FILE.onnx, or FILE.engine for TensorRT (required, except "
                         "for `stl-bench export EXPORTED.onnx --triton-repo DIR`)")
     parser.add_argument("--model", help="architecture, if the checkpoint does not record it")
-    parser.add_argument("--num-classes", type=int, help="class count, if the checkpoint does not record it")
+    parser.add_argument("--num-classes", type=arg.positive_int,
+                        help="class count, if the checkpoint does not record it")
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
     parser.add_argument("--tokens", action="store_true",
                         help="also output token_logits (token-label models; needed for the fused STL head)")
     parser.add_argument("--fp16", action="store_true",
                         help="FP16 graph (FP32 inputs/outputs; LayerNorm, softmax, reductions in FP32); "
                              "the FP32 graph is kept as NAME.fp32.onnx")
-    parser.add_argument("--img-size", type=int, help="export input size (default: the model's)")
+    parser.add_argument("--img-size", type=arg.positive_int, help="export input size (default: the model's)")
     parser.add_argument("--opset", type=int, default=23,
                         help="ONNX opset (18..23); 23 writes token mixing as one ONNX Attention node, which "
                              "TensorRT parses from 10.14 on: use 20 for an older TensorRT")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 2, 7], help="parity-check batch sizes")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch| (FP32 graph)")
-    parser.add_argument("--min-agreement", type=float, default=0.99,
+    parser.add_argument("--atol", type=arg.non_negative_float, default=1e-4,
+                        help="largest allowed |ONNX - PyTorch| (FP32 graph)")
+    parser.add_argument("--min-agreement", type=arg.probability, default=0.99,
                         help="smallest allowed top-1 / token-argmax agreement of the FP16 graph on real images")
-    parser.add_argument("--images", type=Path, help="folder of real images for the parity check "
+    parser.add_argument("--images", type=arg.existing_folder, help="folder of real images for the parity check "
                         "(default: scikit-learn's bundled digits)")
     parser.add_argument("--no-rewrites", action="store_true",
                         help="export the model's code exactly as traced (no folded positional encoding or layer "
                              "scales, no reordered channel attention, no Attention node); for comparisons")
     trt = parser.add_argument_group("TensorRT engine (--output FILE.engine)")
-    trt.add_argument("--min-batch", type=int, default=1)
-    trt.add_argument("--opt-batch", type=int, default=8)
-    trt.add_argument("--max-batch", type=int, default=64)
-    trt.add_argument("--workspace-gib", type=float, default=4.0, help="builder scratch memory limit")
-    trt.add_argument("--timing-cache", type=Path, help="timing cache file, reused and updated across builds "
+    trt.add_argument("--min-batch", type=arg.positive_int, default=1)
+    trt.add_argument("--opt-batch", type=arg.positive_int, default=8)
+    trt.add_argument("--max-batch", type=arg.positive_int, default=64)
+    trt.add_argument("--workspace-gib", type=arg.positive_float, default=4.0, help="builder scratch memory limit")
+    trt.add_argument("--timing-cache", type=arg.output_file, help="timing cache file, reused and updated across builds "
                      "(default: timing.cache beside the engine)")
     triton = parser.add_argument_group(
         "Triton Inference Server model repository (--triton-repo DIR)",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from stl_bench.commands import arguments as arg
+
 NAME = "label"
 HELP = "write offline token labels (per-patch top-k) with a stage-1 labeler"
 DESCRIPTION = (
@@ -20,12 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="data root; its --split sub-folder (train/<class>/*) is labelled; 'demo' = the built-in digits")
     parser.add_argument("--split", default="train", help="sub-folder of --data to label ('' to label --data itself)")
-    parser.add_argument("--output", required=True, help="folder for meta.json, indices.npy and values.npy")
-    parser.add_argument("--topk", type=int, default=5, help="classes kept per patch")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=4, help="data-loading worker processes")
+    parser.add_argument("--output", required=True, type=arg.output_folder,
+                        help="folder for meta.json, indices.npy and values.npy")
+    parser.add_argument("--topk", type=arg.positive_int, default=5, help="classes kept per patch")
+    parser.add_argument("--batch-size", type=arg.positive_int, default=128, help="images per forward pass")
+    parser.add_argument("--workers", type=arg.non_negative_int, default=4, help="data-loading worker processes")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the labeler runs")
-    parser.add_argument("--img-size", type=int, default=None, help="labeler input size (default: the model's own)")
+    parser.add_argument("--img-size", type=arg.positive_int, default=None,
+                        help="labeler input size (default: the model's own)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from stl_bench.commands import arguments as arg
+
 NAME = "leaderboard"
 HELP = "print the leaderboard CSV and compare with the numbers reported in model cards"
 DESCRIPTION = (
@@ -17,7 +19,8 @@ SHOWN = ["model", "head", "weights", "checkpoint", "params", "in1k_top1", "in1k_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("csv", nargs="?", default="eval_runs/leaderboard.csv", help="leaderboard CSV")
-    p.add_argument("--cards", metavar="DIR", help="folder of Markdown model cards (default: the cards shipped in stl_bench/cards/)")
+    p.add_argument("--cards", metavar="DIR", type=arg.existing_folder,
+                   help="folder of Markdown model cards (default: the cards shipped in stl_bench/cards/)")
     p.add_argument("--all-columns", action="store_true", help="show every column, not the main ones")
     p.add_argument("--sort", default="in1k_top1", help="column to sort by (descending)")
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from stl_bench.commands import arguments as arg
+
 NAME = "models"
 HELP = "list model cards and FAN variants, or inspect a checkpoint"
 DESCRIPTION = (
@@ -16,11 +18,13 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--all", action="store_true", help="list every registered FAN / STL variant")
-    group.add_argument("--inspect", metavar="CKPT", help="load a checkpoint file and describe it")
+    group.add_argument("--inspect", metavar="CKPT", type=arg.existing_file,
+                       help="load a checkpoint file and describe it")
     group.add_argument("--show", metavar="CARD", help="print one model card")
     parser.add_argument("--model", help="architecture for --inspect (default: recorded in the file, or the FAN variant that fits)")
     parser.add_argument("--ema", action="store_true", help="with --inspect: load the EMA weights")
-    parser.add_argument("--num-classes", type=int, help="with --inspect: class count (default: from the file)")
+    parser.add_argument("--num-classes", type=arg.positive_int,
+                        help="with --inspect: class count (default: from the file)")
 
 
 def _cards_table() -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from stl_bench.commands import arguments as arg
+
 NAME = "serve"
 HELP = "serve a model over HTTP (Ray Serve: dynamic batching, replicas, clusters)"
 DESCRIPTION = (
@@ -19,37 +21,42 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
+    p.add_argument("source", nargs="?", type=arg.model_source,
+                   help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
                    "engine (.engine/.plan)")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="architecture for a bare state dict; alone: random weights (smoke tests)")
     m.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
                    help="token models: fused = class logits + 0.5 x per-class max over tokens (auto: fused)")
     m.add_argument("--ema", action="store_true", help="serve the checkpoint's EMA weights")
-    m.add_argument("--num-classes", type=int, help="class count for a model built by name")
-    m.add_argument("--img-size", type=int, help="input size for a checkpoint (default: what it records)")
-    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N inside each replica (a GPU replica "
+    m.add_argument("--num-classes", type=arg.positive_int, help="class count for a model built by name")
+    m.add_argument("--img-size", type=arg.positive_int, help="input size for a checkpoint (default: what it records)")
+    m.add_argument("--device", default="cpu", type=arg.device,
+                   help="cpu, cuda or cuda:N inside each replica (a GPU replica "
                    "also needs --gpus-per-replica)")
     m.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast for checkpoints")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch", type=int, default=32, help="most images in one model call")
-    b.add_argument("--batch-wait-ms", type=float, default=10.0,
+    b.add_argument("--max-batch", type=arg.positive_int, default=32, help="most images in one model call")
+    b.add_argument("--batch-wait-ms", type=arg.non_negative_float, default=10.0,
                    help="how long a model call waits for more requests once one is queued")
-    b.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body accepted")
-    b.add_argument("--min-side", type=int, default=8, help="smallest image side accepted (pixels)")
-    b.add_argument("--top-k", type=int, default=5, help="classes returned per image unless ?top_k= says")
-    b.add_argument("--threads", type=int, help="intra-op threads per replica (default: its reserved CPUs)")
+    b.add_argument("--max-body-mb", type=arg.positive_float, default=10.0, help="largest request body accepted")
+    b.add_argument("--min-side", type=arg.positive_int, default=8, help="smallest image side accepted (pixels)")
+    b.add_argument("--top-k", type=arg.positive_int, default=5, help="classes returned per image unless ?top_k= says")
+    b.add_argument("--threads", type=arg.positive_int, help="intra-op threads per replica (default: its reserved CPUs)")
     s = p.add_argument_group("where it runs")
     s.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 exposes the API to the network)")
-    s.add_argument("--port", type=int, default=8000, help="HTTP port")
+    s.add_argument("--port", type=arg.port, default=8000, help="HTTP port")
     s.add_argument("--address", help="join a Ray cluster: auto (the local cluster `ray start` made) or "
                    "ray://HOST:10001; default: start an embedded Ray instance")
-    s.add_argument("--replicas", type=int, default=1, help="model replicas (each opens its own copy)")
-    s.add_argument("--cpus-per-replica", type=float, help="CPUs reserved per replica (default: cores / replicas)")
-    s.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (fractions share a GPU)")
-    s.add_argument("--metrics-port", type=int, help="port of Ray's Prometheus metrics endpoint (embedded "
+    s.add_argument("--replicas", type=arg.positive_int, default=1, help="model replicas (each opens its own copy)")
+    s.add_argument("--cpus-per-replica", type=arg.positive_float,
+                   help="CPUs reserved per replica (default: cores / replicas)")
+    s.add_argument("--gpus-per-replica", type=arg.non_negative_float, default=0.0,
+                   help="GPUs per replica (fractions share a GPU)")
+    s.add_argument("--metrics-port", type=arg.port, help="port of Ray's Prometheus metrics endpoint (embedded "
                    "instance; default: a free port, printed at start-up)")
-    s.add_argument("--write-config", metavar="FILE", help="write the Ray Serve config YAML for this application "
+    s.add_argument("--write-config", metavar="FILE", type=arg.output_file,
+                   help="write the Ray Serve config YAML for this application "
                    "and exit (deploy it with `serve deploy FILE`)")
 
 

@@ -11,6 +11,8 @@ import argparse
 from dataclasses import MISSING
 from typing import Any
 
+from stl_bench.commands import arguments as arg
+
 NAME = "train"
 HELP = "train a token labeler (stage 1), an STL student (stage 2) or a baseline"
 DESCRIPTION = (
@@ -22,14 +24,35 @@ DESCRIPTION = (
 )
 
 
-def _parser_for(type_str: str) -> dict[str, Any]:
-    """argparse options for a dataclass field's (string) annotation."""
+# The range each numeric flag accepts (and the checked paths), refused while parsing;
+# a flag not listed takes any value of its type. Zero is allowed where it means "off".
+_NON_NEGATIVE_FLOAT = ("warmup_epochs", "weight_decay", "warmup_lr", "min_lr", "cls_weight", "dense_weight",
+                       "mixup", "cutmix")
+_CHECKS: dict[str, arg.Check] = {
+    **dict.fromkeys(("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "img_size", "threads",
+                     "max_train_samples", "steps_per_epoch", "log_every", "recount"), arg.positive_int),
+    **dict.fromkeys(("cooldown_epochs", "workers", "checkpoint_every", "seed"), arg.non_negative_int),
+    **dict.fromkeys(("lr", "opt_eps", "gumbel_tau", "clip_grad", "ratio"), arg.positive_float),
+    **dict.fromkeys(_NON_NEGATIVE_FLOAT, arg.non_negative_float),
+    **dict.fromkeys(("hflip", "reprob", "mixup_prob", "mixup_switch_prob", "model_ema_decay"), arg.probability),
+    **dict.fromkeys(("drop_path", "token_smoothing", "smoothing"), arg.fraction(high_open=True)),
+    **dict.fromkeys(("crop_pct", "scale"), arg.fraction(low_open=True)),
+    "device": arg.device_or_auto,
+    "output": arg.as_text(arg.output_folder),
+    "teacher": arg.as_text(arg.existing_file),
+    "token_labels": arg.as_text(arg.existing_folder),
+}
+
+
+def _parser_for(name: str, type_str: str) -> dict[str, Any]:
+    """argparse options for a dataclass field, from its (string) annotation and its checked range."""
     base = type_str.replace(" | None", "").replace("Optional[", "").rstrip("]") if "None" in type_str else type_str
     if base == "bool":
         return {"action": argparse.BooleanOptionalAction}
+    check = _CHECKS.get(name)
     if base.startswith("tuple[float"):
-        return {"type": float, "nargs": 2, "metavar": ("LOW", "HIGH")}
-    return {"type": {"int": int, "float": float, "str": str}[base]}
+        return {"type": check or float, "nargs": 2, "metavar": ("LOW", "HIGH")}
+    return {"type": check or {"int": int, "float": float, "str": str}[base]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         shown = "none" if default is None else (" ".join(map(str, default)) if isinstance(default, tuple) else default)
         help_text = f"{docs.get(f.name, '')} (default: {shown})".replace("%", "%%")
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-                            help=help_text, **_parser_for(str(f.type)))
+                            help=help_text, **_parser_for(f.name, str(f.type)))
 
 
 def run(args: argparse.Namespace) -> int:
