@@ -151,5 +151,5 @@ def test_unwritable_dst_is_refused_before_any_image_is_decoded(tree, tmp_path, c
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setattr(tree_module, "_corrupt_and_write", lambda *a: pytest.fail("work started"))
-    msg = _error(capsys, ["corrupt", str(tree), str(blocker / "out"), *FAST])
-    assert "cannot write the DST folder" in msg and str(blocker) in msg
+    msg = _error(capsys, ["corrupt", str(tree), str(blocker / "out"), *FAST], code=2)
+    assert "cannot write" in msg and str(blocker) in msg

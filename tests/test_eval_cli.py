@@ -149,16 +149,20 @@ def test_unwritable_outputs_are_one_line_errors_before_any_work(tmp_path, lookup
     blocker.write_text("not a folder")
     args = _args(tmp_path)
     args[args.index(flag) + 1] = str(blocker / name)
-    assert main(args) == 1
+    with pytest.raises(SystemExit) as exc:  # refused while parsing, before anything loads
+        main(args)
+    assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert f"cannot write the {flag}" in err and str(blocker) in err and "\n" not in err
+    assert f"argument {flag}: cannot write" in err and str(blocker) in err and "\n" not in err
     assert "kwargs" not in lookup and not (tmp_path / "run" / "cells").exists()
 
 
 def test_batch_size_zero_or_negative_is_a_one_line_error(tmp_path, lookup, capsys):
     lookup["table"] = _data(tmp_path)
     for value in ("0", "-4"):
-        assert main([*_args(tmp_path), "--batch-size", value]) == 1
+        with pytest.raises(SystemExit) as exc:  # refused while parsing; the library refuses it too
+            main([*_args(tmp_path), "--batch-size", value])
+        assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert f"--batch-size must be at least 1, got {value}" in err and "Traceback" not in err
+        assert f"must be a positive integer, got {value}" in err and "Traceback" not in err and "\n" not in err
     assert "kwargs" not in lookup

@@ -27,7 +27,7 @@ DESCRIPTION = (
 # The range each numeric flag accepts (and the checked paths), refused while parsing;
 # a flag not listed takes any value of its type. Zero is allowed where it means "off".
 _NON_NEGATIVE_FLOAT = ("warmup_epochs", "weight_decay", "warmup_lr", "min_lr", "cls_weight", "dense_weight",
-                       "mixup", "cutmix")
+                       "mixup", "cutmix", "checkpoint_minutes")
 _CHECKS: dict[str, arg.Check] = {
     **dict.fromkeys(("epochs", "batch_size", "grad_accum_steps", "eval_batch_size", "img_size", "threads",
                      "max_train_samples", "steps_per_epoch", "log_every", "recount"), arg.positive_int),
