@@ -270,7 +270,12 @@ def _fetch_into(url: str, fh: IO[bytes], name: str, progress: bool) -> None:
         try:
             total, resumable = _one_attempt(url, fh, name, progress)
         except _Unsatisfiable:
-            raise StlBenchError(f"{url} has no bytes past {before}, though {name} was announced as {total} bytes "
+            if total is None:  # a partial file from an earlier, longer version of the file: start over
+                log.warning("%s has no bytes past the partial %s; downloading it again", url, name)
+                fh.seek(0)
+                fh.truncate()
+                continue
+            raise StlBenchError(f"{url} has no bytes past {before}, though it announced {name} as {total} bytes "
                                 "(Content-Length mismatch); try again later or use a mirror") from None
         except ConnectionError as exc:
             if resumable and fh.tell():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import deque
 from functools import partial
 from typing import Literal
 
@@ -41,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, load_pretrained, model_entrypoint, register_model
+from timm.models import (DefaultCfg, PretrainedCfg, build_model_with_cfg, load_pretrained, model_entrypoint,
+                         register_model)
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, PositionalEncodingFourier
 
@@ -751,21 +753,23 @@ def _released_cfgs(arch: str, untrained: dict, cards: list[dict]) -> list[tuple[
     return [(tag, cfg, same) for tag, (cfg, same, _) in ordered]
 
 
-def _pretrained_cfgs(cards: dict[str, dict]) -> dict[str, dict]:
-    """Every `<arch>.<tag>`, arch by arch in `_ARCH_CFGS` order, each arch's default tag first.
+def _default_cfgs(cards: dict[str, dict]) -> dict[str, DefaultCfg]:
+    """Each architecture's tags, in `_ARCH_CFGS` order: its released cards (best first) and `untrained`.
 
     timm makes an architecture's first tag its default, the config `create_model(arch)`
-    gets: the best released card whose data config equals the untrained one, so building
-    by name without weights keeps its input size, crop and normalisation. Where no card
-    keeps it (or there is no card), `.untrained` stays the default.
+    gets: here the best released card whose data config equals the untrained one, so
+    building by name without weights keeps its input size, crop and normalisation. Where
+    no card keeps it (or there is no card), `untrained` stays first. (timm's
+    `generate_default_cfgs` would put the first tag with weights ahead of it, so the
+    order is built here.)
     """
-    out: dict[str, dict] = {}
+    out: dict[str, DefaultCfg] = {}
     for arch, untrained in _ARCH_CFGS.items():
         released = _released_cfgs(arch, untrained, [c for c in cards.values() if c.get("arch") == arch])
-        if not (released and released[0][2]):
-            out[f"{arch}.untrained"] = untrained
-        out.update((f"{arch}.{tag}", cfg) for tag, cfg, _ in released)
-        out.setdefault(f"{arch}.untrained", untrained)
+        tags = [(tag, cfg) for tag, cfg, _ in released]
+        tags.insert(len(tags) if released and released[0][2] else 0, ("untrained", untrained))
+        out[arch] = DefaultCfg(tags=deque(tag for tag, _ in tags),
+                               cfgs={tag: PretrainedCfg(**cfg) for tag, cfg in tags}, is_pretrained=bool(released))
     return out
 
 
@@ -778,7 +782,7 @@ def _load_cards_quietly() -> dict[str, dict]:
         return {}
 
 
-default_cfgs = generate_default_cfgs(_pretrained_cfgs(_load_cards_quietly()))
+default_cfgs = _default_cfgs(_load_cards_quietly())
 
 
 def refresh_pretrained_tags() -> list[str]:
@@ -789,7 +793,7 @@ def refresh_pretrained_tags() -> list[str]:
     own way to replace its configs (its "overwriting" warning is expected here).
     """
     global default_cfgs
-    fresh = generate_default_cfgs(_pretrained_cfgs(_load_cards_quietly()))
+    fresh = _default_cfgs(_load_cards_quietly())
     changed = [arch for arch in fresh if fresh[arch] != default_cfgs.get(arch)]
     default_cfgs = fresh
     for arch in changed:
