@@ -264,13 +264,18 @@ def test_pretrained_true_downloads_once_converts_and_loads_strictly(env):
     assert timm.create_model(ARCH).pretrained_cfg["tag"] == "untrained"  # building by name is unchanged
 
 
-def test_mirror_replaces_the_hosts(env):
+def test_mirror_replaces_the_hosts(env, tmp_path):
     env.site.routes[f"/mirror/stl_nano_digits/{FILE}"] = ("file", BODY)
     env.site.routes.pop(f"/releases/v1/{FILE}")
     env.mp.setenv("STL_BENCH_WEIGHTS_MIRROR", f"{env.site.base}/mirror/")
     path = hub.fetch("stl_nano_digits", progress=False)
     assert path.read_bytes() == BODY
     assert [p for p, _ in env.site.hits] == [f"/mirror/stl_nano_digits/{FILE}"]
+    folder = tmp_path / "mirror" / "stl_nano_drive"  # a file:// folder in the same layout
+    folder.mkdir(parents=True)
+    (folder / "stl_nano_drive.pth.tar").write_bytes(BODY)
+    assert hub.fetch("stl_nano_drive", mirror=(tmp_path / "mirror").as_uri()).read_bytes() == BODY
+    assert env.site.count() == 1
 
 
 def test_drive_confirm_page_is_followed(env):

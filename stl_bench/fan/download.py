@@ -127,6 +127,8 @@ def _request(url: str, offset: int) -> http.client.HTTPResponse:
                             "mirror holds <mirror>/<card name>/<file name>") from None
     except urllib.error.URLError as err:
         reason = getattr(err.reason, "strerror", None) or err.reason
+        if url.startswith("file:"):
+            raise StlBenchError(f"{url}: {reason}; a mirror folder holds <mirror>/<card name>/<file name>") from None
         raise ConnectionError(f"cannot reach {url} ({reason})") from None
     except OSError as err:  # a timeout or reset before the answer's headers
         raise ConnectionError(f"cannot reach {url} ({err.strerror or err})") from None

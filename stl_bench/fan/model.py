@@ -600,6 +600,10 @@ class FAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def filter_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`checkpoint_filter_fn` for this model: how `fan.checkpoint` renames official layouts without importing FAN."""
+        return checkpoint_filter_fn(state_dict, self)
+
 
 class TokenPairForward(nn.Module):
     """`forward` = the wrapped token model's `forward_tokens`: (class logits, token logits).
