@@ -126,6 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
             if rng:
                 return self._ranged(body)
             self._send(200, body[: len(body) // 2], length=len(body), headers={"Accept-Ranges": "bytes"})
+        elif kind == "cut_then_drop":  # breaks off, then the server goes away before answering
+            if rng:
+                self.close_connection = True
+                return
+            self._send(200, body[: len(body) // 2], length=len(body), headers={"Accept-Ranges": "bytes"})
         elif kind == "cut_no_range":  # breaks off every time and ignores Range: nothing to resume
             self._send(200, body[: len(body) // 2], length=len(body))
         elif kind == "long_claim":  # announces more bytes than the file has
@@ -278,7 +283,12 @@ def test_mirror_replaces_the_hosts(env, tmp_path):
     assert env.site.count() == 1
 
 
-def test_drive_confirm_page_is_followed(env):
+@pytest.mark.parametrize("parser", ["built-in", "gdown"])
+def test_drive_confirm_page_is_followed(env, parser):
+    if parser == "gdown":
+        pytest.importorskip("gdown", reason="the [weights] extra (gdown) is not installed")
+    else:
+        env.mp.setitem(sys.modules, "gdown.download", None)  # import fails: the page is read without gdown
     env.site.routes["/uc"] = ("drive", BODY)
     env.site.routes["/download"] = ("drive", BODY)
     path = hub.fetch("stl_nano_drive", progress=False)
@@ -296,6 +306,18 @@ def test_interrupted_transfer_resumes_with_a_range_request(env):
     path = hub.fetch("stl_nano_digits", progress=False)
     assert path.read_bytes() == BODY
     assert env.site.hits == [(f"/releases/v1/{FILE}", None), (f"/releases/v1/{FILE}", f"bytes={len(BODY) // 2}-")]
+
+
+def test_transfer_cut_by_the_network_keeps_its_part_for_the_next_run(env):
+    env.site.routes[f"/releases/v1/{FILE}"] = ("cut_then_drop", BODY)
+    with pytest.raises(StlBenchError) as exc:
+        hub.fetch("stl_nano_digits", progress=False)
+    assert "run the same command again to resume" in _only_line(exc)
+    assert sorted(p.name for p in env.cache.iterdir()) == [f"{FILE}.part"]  # the partial, never the file
+    assert (env.cache / f"{FILE}.part").read_bytes() == BODY[: len(BODY) // 2]
+    env.site.routes[f"/releases/v1/{FILE}"] = ("file", BODY)
+    assert hub.fetch("stl_nano_digits", progress=False).read_bytes() == BODY
+    assert env.site.hits[-1] == (f"/releases/v1/{FILE}", f"bytes={len(BODY) // 2}-")
 
 
 def test_partial_file_of_an_earlier_run_is_resumed(env):

@@ -240,7 +240,8 @@ def download(url: str, final: Path, progress: bool = False) -> Path:
     (or `final` itself when another process landed it meanwhile).
 
     Retries while tries make progress. On failure the partial bytes are dropped, except
-    when the network cut a transfer that the server can resume.
+    when the network failed (not the server's answer) or the server can resume: then
+    the next run asks for the rest.
     """
     part = part_path(final)
     keep = False
@@ -279,8 +280,8 @@ def _fetch_into(url: str, fh: IO[bytes], name: str, progress: bool) -> None:
                 continue
             raise StlBenchError(f"{url} has no bytes past {before}, though it announced {name} as {total} bytes "
                                 "(Content-Length mismatch); try again later or use a mirror") from None
-        except ConnectionError as exc:
-            if resumable and fh.tell():
+        except ConnectionError as exc:  # the network, not the file: bytes already here stay for the next run
+            if fh.tell():
                 raise _KeptPart(f"{exc}; run the same command again to resume {name}") from None
             raise StlBenchError(f"{exc}; check the network, or set STL_BENCH_WEIGHTS_MIRROR to a mirror") from None
         if fh.tell() and (total is None or fh.tell() == total):
