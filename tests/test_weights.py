@@ -413,6 +413,26 @@ def test_offline_eval_of_an_uncached_card_is_one_line(env, tmp_path, capsys):
     assert not (tmp_path / "lb.csv").exists()
 
 
+def test_a_card_name_is_a_labeler_for_stl_bench_label(env, tmp_path):
+    for d in range(10):
+        write_coded(tmp_path / "digits" / str(d) / "0.png", d, size=(32, 32))
+    out = tmp_path / "labels"
+    assert main(["label", "--teacher", "stl_nano_digits", "--data", str(tmp_path / "digits"), "--split", "",
+                 "--output", str(out), "--workers", "0", "--device", "cpu", "--no-progress"]) == 0
+    assert (out / "meta.json").is_file() and env.site.count() == 1
+
+
+def test_a_card_name_is_a_teacher_for_stl_bench_train(env, tmp_path):
+    for d in range(10):
+        write_coded(tmp_path / "digits" / "train" / str(d) / "0.png", d, size=(32, 32))
+    out = tmp_path / "student"
+    assert main(["train", "--preset", "demo", "--stage", "student", "--teacher", "stl_nano_digits",
+                 "--data", str(tmp_path / "digits"), "--output", str(out), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--batch-size", "10", "--workers", "0", "--val-split", "", "--no-progress", "--threads", "1",
+                 "--aa", "none", "--reprob", "0", "--mixup", "0"]) == 0
+    assert (out / "metrics.jsonl").is_file() and env.site.count() == 1
+
+
 @pytest.mark.slow
 def test_download_then_eval_by_card_name_end_to_end(env, tmp_path):
     """`stl-bench models --download CARD --mirror URL`, then `stl-bench eval CARD`, in fresh processes."""

@@ -172,9 +172,9 @@ def cache_status(card: dict[str, Any], cache: Path | None = None) -> str:
         size = path.stat().st_size
         if record is not None and record["size"] != size:
             return "changed"
-        return f"{size / 1e6:.0f} MB"
+        return f"{size / 1e6:.1f} MB"
     part = part_path(path)
-    return f"partial {part.stat().st_size / 1e6:.0f} MB" if part.is_file() else ""
+    return f"partial {part.stat().st_size / 1e6:.1f} MB" if part.is_file() else ""
 
 
 def _could_be_card(text: str) -> bool:
