@@ -31,6 +31,7 @@ from typing import Any
 
 from stl_bench.errors import StlBenchError
 from stl_bench.fan.cards import card_file_name, get_card, load_cards
+from stl_bench.fan.checkpoint import file_sha256
 from stl_bench.fan.download import direct_url, download, part_path
 from stl_bench.io import atomic_path, ensure_writable_folder, write_text
 
@@ -101,29 +102,26 @@ def _write_index(path: Path, card: dict[str, Any], size: int, sha256: str, url: 
     write_text(index_path(path), json.dumps(record, indent=1) + "\n")
 
 
-def _sha256(path: Path) -> str:
-    from stl_bench.fan.checkpoint import file_sha256
-
-    return file_sha256(path)
-
-
 def check_cached(card: dict[str, Any], path: Path, verify: bool = False) -> Path:
     """`path` if it is the file its index records (size always, SHA-256 with `verify`); else raise.
 
     A file without an index (copied into the cache by hand, or fetched by torch hub) is
-    indexed as it is, once.
+    indexed as it is, once; in a read-only cache it is used without one.
     """
     record = _read_index(path)
     size = path.stat().st_size
     if record is None:
         log.info("indexing %s, found in the cache without a record", path)
-        _write_index(path, card, size, _sha256(path), "")
+        try:
+            _write_index(path, card, size, file_sha256(path), "")
+        except StlBenchError as exc:
+            log.warning("%s is used without a size/SHA-256 record: %s", path, exc)
         return path
     fix = f"delete {path} and run `{_download_hint(card)}`"
     if size != record["size"]:
         raise StlBenchError(f"cached {path} is {size} bytes but {index_path(path).name} records {record['size']}: "
                             f"it was changed or cut short; {fix}")
-    if verify and _sha256(path) != record.get("sha256"):
+    if verify and file_sha256(path) != record.get("sha256"):
         raise StlBenchError(f"cached {path} does not have the SHA-256 its index records: it was changed; {fix}")
     return path
 
@@ -156,7 +154,7 @@ def fetch(card: dict[str, Any] | str, *, mirror: str | None = None, progress: bo
     part = download(url, final, progress=sys.stderr.isatty() if progress is None else progress)
     if part == final:
         return check_cached(card, final, verify)
-    size, sha256 = part.stat().st_size, _sha256(part)
+    size, sha256 = part.stat().st_size, file_sha256(part)
     _write_index(final, card, size, sha256, url)  # the index first: a cached file always has one
     with atomic_path(final) as tmp:
         os.replace(part, tmp)
