@@ -354,7 +354,7 @@ def test_changed_cached_file_is_caught_size_always_hash_on_request(env):
     ("cut_no_range", BODY, "cannot resume"),
     ("long_claim", BODY, "Content-Length mismatch"),
     ("bad_range", BODY, "Content-Length mismatch"),
-])
+], ids=["404", "html", "not-a-checkpoint", "empty", "truncated-no-resume", "truncated-long-claim", "bad-range"])
 def test_bad_downloads_are_one_line_and_leave_nothing(env, kind, body, message):
     env.site.routes[f"/releases/v1/{FILE}"] = (kind, body)
     with pytest.raises(StlBenchError) as exc:
