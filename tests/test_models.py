@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import stl_bench  # noqa: F401  (registers the models)
 import stl_bench.fan.model as fan_model
 from stl_bench.fan import FAN_MODEL_NAMES
+from stl_bench.fan.cards import cards_for_arch, pretrained_tag
 from stl_bench.fan.model import ChannelProcessing, FANBlock, SEMlp, TokenMixing, TokenPairForward
 
 # Parameter counts of the official architectures at 1000 classes (NVlabs/FAN, NVlabs/STL).
@@ -114,7 +115,8 @@ def test_registry_entry_is_unchanged(name):
 
     entrypoint = _model_entrypoints[name]
     assert entrypoint is getattr(fan_model, name) and entrypoint.__name__ == name  # grep finds `def {name}(`
-    assert list(_model_default_cfgs[name].tags) == ["untrained"]
+    released = {pretrained_tag(card) for card in cards_for_arch(name)}  # the model cards are the pretrained tags
+    assert set(_model_default_cfgs[name].tags) == {"untrained", *released}
     overrides, layout_digest = REGISTRY[name]
     expected = {**_CFG_BASE, "architecture": name, **overrides}
     assert get_pretrained_cfg(f"{name}.untrained").to_dict(remove_source=False, remove_null=False) == expected

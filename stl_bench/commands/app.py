@@ -56,12 +56,13 @@ def example_files(folder: Path | None) -> list[Path]:
 
 def build_from_args(args: argparse.Namespace):
     """Open the models and build the page (gradio is imported here, not at CLI start)."""
+    from stl_bench.fan.hub import resolve_source
     from stl_bench.ui.blocks import build_demo
     from stl_bench.ui.catalog import build_catalog
 
-    catalog = build_catalog(
-        models=[Path(m) for m in args.model],
-        teacher=Path(args.teacher) if args.teacher else None,
+    catalog = build_catalog(  # a model card's name: its cached checkpoint
+        models=[Path(resolve_source(m)) for m in args.model],
+        teacher=Path(resolve_source(args.teacher)) if args.teacher else None,
         demo_root=Path(args.demo_dir),
         device=args.device,
         head=args.head,

@@ -202,7 +202,7 @@ def existing_folder(text: str) -> Path:
 
 def model_source(text: str) -> str:
     """What a model may be given as: a checkpoint, ONNX file or engine (which must exist), an
-    http(s):// endpoint URL, or a bare name (a timm model) that the command resolves."""
+    http(s):// endpoint URL, or a bare name (a timm model or a model card) that the command resolves."""
     if text.lower().startswith(("http://", "https://")):
         return text
     path = Path(text).expanduser()

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stl_bench.errors import StlBenchError
     from stl_bench.evaluate.run import EvalRequest, describe_result, run_evaluation, suite_specs
+    from stl_bench.fan.hub import resolve_source
 
     every = os.environ.get("STL_BENCH_EVAL_SAVE_EVERY_S", "60")
     try:
@@ -110,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise StlBenchError(f"STL_BENCH_EVAL_SAVE_EVERY_S must be a number of seconds, got {every!r}") from None
     request = EvalRequest(
-        source=args.source,
         suites=suite_specs(args.in1k, args.in_a, args.in_r, args.in_c, args.folder),
         options=_suite_options(args),
+        source=resolve_source(args.source),  # a card name: its cached checkpoint (after the suites are checked)
         model=args.model, head=args.head, ema=args.ema, num_classes=args.num_classes,
         normalizer=args.normalizer, device=args.device, amp=args.amp, channels_last=args.channels_last,
         img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, max_cells=args.max_cells,

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from stl_bench.errors import StlBenchError
+    from stl_bench.fan.hub import resolve_source
     from stl_bench.stl.labeling import write_token_labels
     from stl_bench.train.data import resolve_data_root
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = root / args.split if args.split else root
     if not data_dir.is_dir():
         raise StlBenchError(f"{data_dir} does not exist; pass --data with a '{args.split}' sub-folder or set --split")
-    write_token_labels(args.teacher, data_dir, Path(args.output), topk=args.topk, batch_size=args.batch_size,
+    teacher = resolve_source(args.teacher)  # a model card's name: its cached checkpoint
+    write_token_labels(teacher, data_dir, Path(args.output), topk=args.topk, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, img_size=args.img_size, progress=args.progress)
     return 0

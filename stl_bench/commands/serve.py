@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
                                           write_config)
     from stl_bench.serve.protocol import HEALTH, MODEL, ServeConfig
 
-    source = str(Path(args.source).resolve()) if args.source and not is_endpoint_url(args.source) else args.source
+    from stl_bench.fan.hub import resolve_source
+
+    source = resolve_source(args.source)  # a model card's name: fetched here once, not by every replica
+    source = str(Path(source).resolve()) if source and not is_endpoint_url(str(source)) else source
     cfg = ServeConfig(source=source, model=args.model, head=args.head, device=args.device, ema=args.ema,
                       num_classes=args.num_classes, img_size=args.img_size, amp=args.amp, max_batch=args.max_batch,
                       batch_wait_ms=args.batch_wait_ms, max_body_mb=args.max_body_mb, min_side=args.min_side,

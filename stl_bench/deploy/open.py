@@ -16,6 +16,7 @@ import torch
 
 from stl_bench.deploy.runner import ENGINE_SUFFIXES, Runner, RunnerInfo, TorchRunner, is_endpoint_url, resolve_head
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.hub import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ def open_runner(
 ) -> Runner:
     """Open whatever a user points at as a `Runner`.
 
-    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), an ONNX file,
-    a TensorRT engine or the URL of a `stl-bench serve` endpoint; with no source,
+    `source` is a checkpoint (`.pth`, `.pth.tar`, `.pt`, `.safetensors`), the name of a
+    model card (its released checkpoint, from the weights cache: `fan/hub.py`), an ONNX
+    file, a TensorRT engine or the URL of a `stl-bench serve` endpoint; with no source,
     `model_name` builds a randomly initialised model (for benchmarks and smoke tests; a
     warning says so). A checkpoint's input size is `img_size` if given, else what the
     file or its model card records (a 384-px fine-tune is scored at 384), else the
@@ -46,7 +48,7 @@ def open_runner(
             from stl_bench.serve.http_runner import HttpRunner
 
             return HttpRunner.open(str(source), head=head)
-        path = Path(source)
+        path = Path(resolve_source(source))
         suffix = path.suffix.lower()
         if suffix == ".onnx":
             from stl_bench.deploy.onnx_runner import OnnxRunner

@@ -195,10 +195,12 @@ def _recorded_input_hw(model_kwargs: dict[str, Any], args: Any) -> tuple[int, in
 
 
 def filter_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Rename older official layouts for FAN models; other models' keys pass unchanged."""
-    from stl_bench.fan.model import FAN, checkpoint_filter_fn
+    """Rename older official layouts for FAN models (their `filter_checkpoint`); other models' keys pass unchanged.
 
-    return checkpoint_filter_fn(state, model) if isinstance(model, FAN) else state
+    Asked of the model, not imported: `fan.model` loads released weights through this module.
+    """
+    rename = getattr(model, "filter_checkpoint", None)
+    return rename(state) if callable(rename) else state
 
 
 def _describe(keys: list[str], limit: int = 8) -> str:

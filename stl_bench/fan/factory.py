@@ -17,6 +17,7 @@ import torch
 
 from stl_bench.errors import StlBenchError
 from stl_bench.fan.checkpoint import CheckpointInfo, check_compatible, filter_state_dict, read_checkpoint
+from stl_bench.fan.hub import resolve_source
 
 
 _HEADS = ("head.", "aux_head.")
@@ -92,11 +93,13 @@ def create_model_from_checkpoint(
 ) -> tuple[torch.nn.Module, CheckpointInfo]:
     """Build the model a checkpoint was trained as and load its weights strictly.
 
+    `path` may also name a model card: its released checkpoint, from the weights cache.
     The architecture comes from `model_name`, else from the file (`arch`, which our
     checkpoints and the official timm-0.5.4 ones record), else from the FAN variant
     whose keys and shapes fit; the class count from
     `num_classes`, else the file, else the shape of its head.
     """
+    path = resolve_source(path)
     state, info = read_checkpoint(path, use_ema=use_ema)
     name = model_name or info.arch or guess_architecture(state)
     if not name:

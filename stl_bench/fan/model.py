@@ -30,7 +30,10 @@ Written for current timm, with exactly the official state_dict keys and shapes
 """
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections import deque
 from functools import partial
 from typing import Literal
 
@@ -39,12 +42,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (DefaultCfg, PretrainedCfg, build_model_with_cfg, load_pretrained, model_entrypoint,
+                         register_model)
 from timm.models.convnext import ConvNeXtStage
 from timm.models.xcit import ClassAttentionBlock, PositionalEncodingFourier
 
-__all__ = ["FAN", "FAN_MODEL_NAMES", "OUTPUT_MODES", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head"]
+from stl_bench.errors import StlBenchError
+from stl_bench.fan.cards import card_for_tag, load_cards, pretrained_tag
+from stl_bench.fan.checkpoint import read_checkpoint
+from stl_bench.fan.hub import fetch
 
+__all__ = ["FAN", "FAN_MODEL_NAMES", "OUTPUT_MODES", "TokenPairForward", "checkpoint_filter_fn", "fuse_token_head",
+           "refresh_pretrained_tags"]
+
+_log = logging.getLogger(__name__)
 OUTPUT_MODES = ("cls", "fused")
 OutputMode = Literal["cls", "fused"]
 TOKEN_FUSION_WEIGHT = 0.5  # the official evaluation head: cls + 0.5 * max over tokens
@@ -589,6 +600,10 @@ class FAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def filter_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`checkpoint_filter_fn` for this model: how `fan.checkpoint` renames official layouts without importing FAN."""
+        return checkpoint_filter_fn(state_dict, self)
+
 
 class TokenPairForward(nn.Module):
     """`forward` = the wrapped token model's `forward_tokens`: (class logits, token logits).
@@ -631,11 +646,33 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: FAN) -> dic
 
 
 def _create_fan(variant: str, pretrained: bool = False, **kwargs) -> FAN:
-    return build_model_with_cfg(
-        FAN, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs,
-    )
+    """Build a variant; `pretrained=True` loads its tag's weights (a model card's release, fetched once).
+
+    The model is built without weights and then loaded through timm's `load_pretrained`
+    (class-count and input-channel adaptation, `checkpoint_filter_fn`, strict keys), from
+    a state dict read by our strict reader (`read_checkpoint`): the official files nest
+    their weights under `state_dict` next to a pickled `argparse.Namespace`, which
+    timm's own URL loader would not unpack.
+    """
+    cache_dir = kwargs.pop("cache_dir", None)
+    strict = kwargs.get("pretrained_strict", True)
+    model = build_model_with_cfg(FAN, variant, False, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    if pretrained:
+        _load_pretrained(model, cache_dir, strict, kwargs.get("in_chans", 3))
+    return model
+
+
+def _load_pretrained(model: FAN, cache_dir: str | None, strict: bool, in_chans: int) -> None:
+    cfg = dict(model.pretrained_cfg)
+    path = cfg.get("file")
+    if not path and not cfg.get("state_dict") and cfg.get("url"):
+        card = card_for_tag(cfg["architecture"], cfg.get("tag"))
+        if card is not None and card["url"] == cfg["url"]:
+            path = fetch(card, cache=cache_dir)
+    if path:
+        cfg["state_dict"], _ = read_checkpoint(path)
+    load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=in_chans,
+                    filter_fn=checkpoint_filter_fn, strict=strict)
 
 
 def _cfg(**kwargs) -> dict:
@@ -654,28 +691,120 @@ _HYBRID = dict(first_conv="patch_embed.backbone.stem.0")
 _TOKEN = dict(classifier=("head", "aux_head"))
 _NANO = dict(input_size=(3, 32, 32), crop_pct=1.0, interpolation="bilinear", license="")
 
-default_cfgs = generate_default_cfgs({
-    "fan_tiny_12_p16_224.untrained": _cfg(),
-    "fan_tiny_12_p16_224_token.untrained": _cfg(**_TOKEN),
-    "fan_small_12_p16_224_se_attn.untrained": _cfg(),
-    "fan_small_12_p16_224_se_attn_token.untrained": _cfg(**_TOKEN),
-    "fan_small_12_p16_224.untrained": _cfg(),
-    "fan_small_12_p16_224_token.untrained": _cfg(**_TOKEN),
-    "fan_base_18_p16_224.untrained": _cfg(),
-    "fan_base_18_p16_224_token.untrained": _cfg(**_TOKEN),
-    "fan_large_24_p16_224.untrained": _cfg(),
-    "fan_large_24_p16_224_token.untrained": _cfg(**_TOKEN),
-    "fan_tiny_8_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_tiny_8_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
-    "fan_small_12_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_small_12_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
-    "fan_base_16_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_base_16_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
-    "fan_large_16_p4_hybrid.untrained": _cfg(**_HYBRID),
-    "fan_large_16_p4_hybrid_token.untrained": _cfg(**_HYBRID, **_TOKEN),
-    "fan_nano_4_p4_32.untrained": _cfg(**_NANO),
-    "fan_nano_4_p4_32_token.untrained": _cfg(**_NANO, **_TOKEN),
-})
+# The untrained config of every variant, plain and `_token` twin alternating.
+_ARCH_CFGS: dict[str, dict] = {
+    "fan_tiny_12_p16_224": _cfg(),
+    "fan_tiny_12_p16_224_token": _cfg(**_TOKEN),
+    "fan_small_12_p16_224_se_attn": _cfg(),
+    "fan_small_12_p16_224_se_attn_token": _cfg(**_TOKEN),
+    "fan_small_12_p16_224": _cfg(),
+    "fan_small_12_p16_224_token": _cfg(**_TOKEN),
+    "fan_base_18_p16_224": _cfg(),
+    "fan_base_18_p16_224_token": _cfg(**_TOKEN),
+    "fan_large_24_p16_224": _cfg(),
+    "fan_large_24_p16_224_token": _cfg(**_TOKEN),
+    "fan_tiny_8_p4_hybrid": _cfg(**_HYBRID),
+    "fan_tiny_8_p4_hybrid_token": _cfg(**_HYBRID, **_TOKEN),
+    "fan_small_12_p4_hybrid": _cfg(**_HYBRID),
+    "fan_small_12_p4_hybrid_token": _cfg(**_HYBRID, **_TOKEN),
+    "fan_base_16_p4_hybrid": _cfg(**_HYBRID),
+    "fan_base_16_p4_hybrid_token": _cfg(**_HYBRID, **_TOKEN),
+    "fan_large_16_p4_hybrid": _cfg(**_HYBRID),
+    "fan_large_16_p4_hybrid_token": _cfg(**_HYBRID, **_TOKEN),
+    "fan_nano_4_p4_32": _cfg(**_NANO),
+    "fan_nano_4_p4_32_token": _cfg(**_NANO, **_TOKEN),
+}
+_DATA_FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes")
+
+
+def _card_cfg(card: dict, untrained: dict) -> dict:
+    """A model card as a timm pretrained config: its weights' URL and the data config it was trained with."""
+    return {
+        **untrained,
+        "url": str(card["url"]),
+        "input_size": tuple(int(v) for v in card["input_size"]),
+        "crop_pct": float(card.get("crop_pct", untrained["crop_pct"])),
+        "interpolation": str(card.get("interpolation", untrained["interpolation"])),
+        "mean": tuple(float(v) for v in card.get("mean", untrained["mean"])),
+        "std": tuple(float(v) for v in card.get("std", untrained["std"])),
+        "num_classes": int(card.get("num_classes", untrained["num_classes"])),
+        "license": str(card.get("license", "")),
+        "description": str(card.get("title", card["name"])),
+        "notes": (f"model card {card['name']}",),
+    }
+
+
+def _released_cfgs(arch: str, untrained: dict, cards: list[dict]) -> list[tuple[str, dict, bool]]:
+    """(tag, config, keeps the untrained data config) for each card of `arch`, best first.
+
+    "Best" is the highest reported ImageNet-1K top-1 among the cards whose data config
+    equals the untrained one; `_pretrained_cfgs` makes the first of them the default.
+    """
+    tagged: dict[str, tuple[dict, bool, float]] = {}
+    for card in cards:
+        try:
+            tag, cfg = pretrained_tag(card), _card_cfg(card, untrained)
+        except (StlBenchError, KeyError, TypeError, ValueError) as exc:
+            _log.warning("model card %s gives no timm pretrained tag: %s", card.get("name"), exc)
+            continue
+        if tag in tagged:
+            _log.warning("model card %s names %s.%s again; only the first card is registered in timm",
+                         card["name"], arch, tag)
+            continue
+        same_data = all(cfg[k] == untrained[k] for k in _DATA_FIELDS)
+        tagged[tag] = cfg, same_data, float(card["reported"].get("in1k_top1") or 0.0)
+    ordered = sorted(tagged.items(), key=lambda item: (not item[1][1], -item[1][2]))
+    return [(tag, cfg, same) for tag, (cfg, same, _) in ordered]
+
+
+def _default_cfgs(cards: dict[str, dict]) -> dict[str, DefaultCfg]:
+    """Each architecture's tags, in `_ARCH_CFGS` order: its released cards (best first) and `untrained`.
+
+    timm makes an architecture's first tag its default, the config `create_model(arch)`
+    gets: here the best released card whose data config equals the untrained one, so
+    building by name without weights keeps its input size, crop and normalisation. Where
+    no card keeps it (or there is no card), `untrained` stays first. (timm's
+    `generate_default_cfgs` would put the first tag with weights ahead of it, so the
+    order is built here.)
+    """
+    out: dict[str, DefaultCfg] = {}
+    for arch, untrained in _ARCH_CFGS.items():
+        released = _released_cfgs(arch, untrained, [c for c in cards.values() if c.get("arch") == arch])
+        tags = [(tag, cfg) for tag, cfg, _ in released]
+        tags.insert(len(tags) if released and released[0][2] else 0, ("untrained", untrained))
+        out[arch] = DefaultCfg(tags=deque(tag for tag, _ in tags),
+                               cfgs={tag: PretrainedCfg(**cfg) for tag, cfg in tags}, is_pretrained=bool(released))
+    return out
+
+
+def _load_cards_quietly() -> dict[str, dict]:
+    """The model cards, or none with a warning: a broken card folder must not break `import stl_bench`."""
+    try:
+        return load_cards()
+    except (StlBenchError, OSError) as exc:
+        _log.warning("no timm pretrained tags from the model cards: %s", exc)
+        return {}
+
+
+default_cfgs = _default_cfgs(_load_cards_quietly())
+
+
+def refresh_pretrained_tags() -> list[str]:
+    """Register the tags of the model cards as they are now; returns the architectures whose tags changed.
+
+    Import registers the cards of `cards_dir()` at that moment; call this after pointing
+    `$STL_BENCH_MODELS_DIR` at another folder. Re-registering an entrypoint is timm's
+    own way to replace its configs (its "overwriting" warning is expected here).
+    """
+    global default_cfgs
+    fresh = _default_cfgs(_load_cards_quietly())
+    changed = [arch for arch in fresh if fresh[arch] != default_cfgs.get(arch)]
+    default_cfgs = fresh
+    for arch in changed:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            register_model(model_entrypoint(arch))
+    return changed
 
 # Every registered name, plain and `_token` twin alternating (the order `stl-bench models --all` lists).
 FAN_MODEL_NAMES: tuple[str, ...] = tuple(default_cfgs)

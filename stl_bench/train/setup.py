@@ -27,6 +27,7 @@ from stl_bench.data.folders import FolderIndex
 from stl_bench.data.transforms import TrainViews
 from stl_bench.distributed import DistContext
 from stl_bench.errors import StlBenchError
+from stl_bench.fan.hub import resolve_source
 from stl_bench.io import remove_stale_temporaries, write_text
 from stl_bench.stl.objectives import (
     BaselineObjective,
@@ -174,7 +175,7 @@ def build_objective(
         return LabelerObjective(stl.cls_weight, stl.dense_weight)
     grid = tuple(model.token_grid(img_size))
     if stl.teacher:
-        teacher = load_teacher(stl.teacher, len(train.classes), train.classes, grid, img_size, device)
+        teacher = load_teacher(resolve_source(stl.teacher), len(train.classes), train.classes, grid, img_size, device)
         if cfg.runtime.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         source = OnlineTeacher(teacher, stl.label_mode, stl.gumbel_tau, stl.token_smoothing)
