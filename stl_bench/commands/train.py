@@ -39,7 +39,7 @@ _CHECKS: dict[str, arg.Check] = {
     **dict.fromkeys(("crop_pct", "scale"), arg.fraction(low_open=True)),
     "device": arg.device_or_auto,
     "output": arg.as_text(arg.output_folder),
-    "teacher": arg.as_text(arg.existing_file),
+    "teacher": arg.as_text(arg.model_source),
     "token_labels": arg.as_text(arg.existing_folder),
 }
 
