@@ -85,6 +85,11 @@ class LabelWriter:
         self.values[r] = values.cpu().numpy().astype(np.float16)
         self.written[r] = True
 
+    def abort(self, reason: BaseException) -> None:
+        """Drop the half-filled arrays: a failed run leaves no file behind (and no meta.json)."""
+        del self.indices, self.values
+        self._renames.__exit__(type(reason), reason, reason.__traceback__)
+
     def close(self) -> Path:
         missing = int((~self.written).sum())
         if missing:

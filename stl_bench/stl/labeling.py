@@ -87,6 +87,11 @@ def write_token_labels(
         with torch.autocast(dev.type, enabled=use_amp, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16):
             _, tokens = teacher.forward_tokens(batch.images.to(dev, non_blocking=True))
         writer.write(batch.indices, tokens.float().softmax(dim=-1))
+    if bad and bad == len(index.samples):
+        error = StlBenchError(f"every image in {data_dir} ({bad} files) was unreadable: no token labels written; "
+                              "fix or replace the files")
+        writer.abort(error)
+        raise error
     if bad:
         log.warning("%d unreadable image(s) skipped while labelling", bad)
     out = writer.close()

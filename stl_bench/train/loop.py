@@ -237,6 +237,10 @@ def epoch_row(run: Run, epoch: int, stats: EpochStats) -> dict[str, Any]:
     loss_sum, cls_sum, tok_sum, seen_all, bad_all, steps_all = _all_reduce_sum(
         [s["loss"], s["loss_cls"], s["loss_token"], float(stats.seen), float(stats.bad), float(stats.steps)],
         run.dist)
+    if bad_all and not seen_all:
+        raise StlBenchError(f"every image of the training set in {run.cfg.data} ({int(bad_all)} files this epoch, "
+                            f"e.g. {', '.join(stats.bad_files[:2]) or 'on another rank'}) was unreadable; "
+                            "fix or replace the files")
     steps_all = max(steps_all, 1.0)
     run.bad_total += int(bad_all)
     row: dict[str, Any] = {

@@ -169,6 +169,9 @@ def write_imagenet_c_tree(request: TreeRequest) -> TreeReport:
         log.info("nothing to do: every output in %s exists", request.dst)
         return report
     _corrupt_and_write(request, plan, device, report)
+    if report.unreadable and len(report.unreadable) == len(plan.pending) and not report.written:
+        raise StlBenchError(f"every pending image in {request.src} ({len(report.unreadable)} files, e.g. "
+                            f"{report.unreadable[0]}) was unreadable: nothing written; fix or replace the files")
     log.info("wrote %d files to %s", report.written, request.dst)
     if report.unreadable:
         shown = ", ".join(str(p) for p in report.unreadable[:5]) + (" ..." if len(report.unreadable) > 5 else "")
