@@ -73,14 +73,16 @@ def average(longs: dict[int, pd.DataFrame]) -> pd.DataFrame:
         if missing:
             raise StlBenchError(f"seed {seed} lacks {len(missing)} cells (first {missing[0]}); re-run to finish it")
         cells["seed"] = seed
-        cells["severity"] = cells["severity"].replace("", 0).astype(int)
+        cells["severity"] = cells["severity"].astype(int)
         frames.append(cells)
     cells = pd.concat(frames, ignore_index=True)
     table = (cells.groupby(["suite", "corruption", "severity"], sort=False)
              .agg(n=("n", "first"), error=("error", "mean"), error_std=("error", "std"), seeds=("seed", "count"))
              .reset_index())
-    table["severity"] = table["severity"].astype(object).where(table["suite"] == "in-c", "")
-    return table
+    order = {c: i for i, c in enumerate(ALL_CORRUPTIONS)}
+    table["_order"] = [(s != "in1k", order.get(c, -1), v) for s, c, v in
+                       zip(table["suite"], table["corruption"], table["severity"])]
+    return table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
 def metadata(seeds: list[int], longs: dict[int, pd.DataFrame], table: pd.DataFrame) -> dict:

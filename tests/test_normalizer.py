@@ -90,18 +90,20 @@ def test_mce_against_the_digits_table_by_hand_equals_the_harness(tmp_path):
     assert report.mce == pytest.approx(sum(ce.values()) / 15, rel=1e-9)
 
 
-def test_an_unknown_name_lists_the_known_ones_and_the_closest(tmp_path):
+def test_an_unknown_name_lists_the_known_ones_and_the_closest(tmp_path, capsys):
     with pytest.raises(StlBenchError) as err:
         resolve_reference("digts")
     message = str(err.value)
     assert "\n" not in message and "'digts'" in message and "did you mean digits?" in message
     assert all(name in message for name in KNOWN_NAMES) and "results_long.csv" in message
-    with pytest.raises(StlBenchError, match=r"unknown normaliser 'imagenet'; known names: alexnet, digits"):
-        resolve_reference("imagenet")
+    with pytest.raises(StlBenchError, match=r"unknown normaliser 'cifar10'; known names: alexnet, digits"):
+        resolve_reference("cifar10")
     # the CLI: one line on stderr, exit 1, before any model is loaded
     (tmp_path / "val" / "0").mkdir(parents=True)
     assert main(["eval", "--model", "no_such_model", "--in1k", str(tmp_path / "val"), "--normalizer", "alexnt",
                  "--out", str(tmp_path / "run"), "--leaderboard", str(tmp_path / "lb.csv")]) == 1
+    err_text = capsys.readouterr().err.strip()
+    assert len(err_text.splitlines()) == 1 and "unknown normaliser 'alexnt' (did you mean alexnet?)" in err_text
 
 
 def _partial_csv(path, corruptions, severities):
@@ -132,3 +134,35 @@ def test_figures_and_summaries_name_a_reference_by_what_it_is(tmp_path):
     path = _partial_csv(tmp_path / "r" / "results_long.csv", ["fog"], [1])
     name = load_reference_csv(path).name
     assert reference_label(name) == name == "csv:r/results_long.csv"
+
+
+def _generator():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "make_digits_normalizer", Path(__file__).resolve().parents[1] / "benchmarks" / "make_digits_normalizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seed_long(clean: float, inc: float, skip: tuple | None = None) -> pd.DataFrame:
+    rows = [{"suite": "in1k", "corruption": "none", "severity": 0, "n": 360, "correct": 0, "error": clean}]
+    rows += [{"suite": "in-c", "corruption": c, "severity": s, "n": 360, "correct": 0, "error": inc + s / 100}
+             for c in ALL_CORRUPTIONS for s in SEVERITIES if (c, s) != skip]
+    return pd.DataFrame(rows)
+
+
+def test_the_generator_averages_the_seeds_cell_by_cell_and_the_result_loads(tmp_path):
+    generator = _generator()
+    table = generator.average({1: _seed_long(0.1, 0.2), 2: _seed_long(0.2, 0.4), 3: _seed_long(0.3, 0.3)})
+    assert len(table) == 1 + 19 * 5 and (table["seeds"] == 3).all()
+    assert table.iloc[0]["suite"] == "in1k" and list(table.iloc[1:6]["severity"]) == [1, 2, 3, 4, 5]
+    path = tmp_path / "t.csv"
+    path.write_text(table.to_csv(index=False, float_format="%.6f"))
+    reference = load_reference_csv(path, name="digits")
+    assert reference.clean_error == pytest.approx(0.2)
+    assert reference.errors["fog"][3] == pytest.approx(0.33) and reference.errors["saturate"][5] == pytest.approx(0.35)
+    with pytest.raises(StlBenchError, match=r"seed 2 lacks 1 cells \(first \('fog', 4\)\); re-run to finish it"):
+        generator.average({1: _seed_long(0.1, 0.2), 2: _seed_long(0.2, 0.4, skip=("fog", 4))})
