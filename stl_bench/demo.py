@@ -188,6 +188,10 @@ def run_demo(cfg: DemoConfig) -> "pd.DataFrame":
     return summary_table(cfg)
 
 
+SUMMARY_COLUMNS = ["name", "model", "role", "head", "clean top-1", "IN-C acc", "mCE", "relative mCE", "extra mCE",
+                   "normalizer"]
+
+
 def summary_table(cfg: DemoConfig) -> "pd.DataFrame":
     """One row per demo model from the leaderboard: clean accuracy and corruption robustness."""
     import pandas as pd
@@ -210,9 +214,6 @@ def summary_table(cfg: DemoConfig) -> "pd.DataFrame":
         })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
-
-SUMMARY_COLUMNS = ["name", "model", "role", "head", "clean top-1", "IN-C acc", "mCE", "relative mCE", "extra mCE",
-                   "normalizer"]
 
 
 def format_summary(table: "pd.DataFrame", cfg: DemoConfig) -> str:

@@ -81,7 +81,8 @@ def _parse(path: Path):
     except pd.errors.EmptyDataError:
         return "it is empty"
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        return f"it is not a readable CSV: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"it is not a readable CSV: {first}"
     lacking = [c for c in KEY_COLUMNS if c not in table.columns]
     if lacking:
         return f"it lacks the key column(s) {', '.join(lacking)}"
@@ -230,7 +231,8 @@ def update_leaderboard(path: Path | str, row: dict[str, Any]):
     with _locked(path):
         table = _parse(path) if path.is_file() else None
         if isinstance(table, str):
-            saved = path.with_name(f"{path.stem}.unmerged-{_safe(row.get(NAME_COLUMN))}-{row.get('checkpoint')}.csv")
+            tag = f"{_safe(row.get(NAME_COLUMN))}-{_safe(row.get('checkpoint'))}"
+            saved = path.with_name(f"{path.stem}.unmerged-{tag}.csv")
             write_text(saved, pd.DataFrame([row]).to_csv(index=False, float_format="%.4f"))
             raise StlBenchError(
                 f"leaderboard {path} was left untouched because {table}; this run's row is saved in {saved} "
