@@ -128,7 +128,7 @@ def _markdown(table: pd.DataFrame) -> str:
     try:
         import tabulate  # noqa: F401
     except ImportError:
-        return table.to_string(index=False)
+        return table.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     return table.to_markdown(index=False, floatfmt=".2f")
 
 
