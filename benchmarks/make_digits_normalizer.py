@@ -100,7 +100,7 @@ def metadata(seeds: list[int], longs: dict[int, pd.DataFrame], table: pd.DataFra
         "images_per_cell": int(table.loc[table["suite"] == "in-c", "n"].iloc[0]),
         "versions": {"stl_bench": stl_bench.__version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
-        "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/make_digits_normalizer.py --seeds " + " ".join(map(str, seeds)),
     }

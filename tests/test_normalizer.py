@@ -51,7 +51,7 @@ def test_the_shipped_digits_table_covers_every_cell_and_says_how_it_was_made():
     assert meta["images_per_cell"] == 360 and (table.loc[table["suite"] == "in-c", "n"] == 360).all()
 
 
-def _coded_inc_tree(root) -> tuple["torch.Tensor", dict]:
+def _coded_inc_tree(root) -> tuple[object, dict]:
     """An IN-C tree over the 15 standard corruptions: 2 classes x 2 images per cell.
 
     Image (corruption ci, severity s, class d, i) is right unless (ci + s + d + i) % 3 == 0,
