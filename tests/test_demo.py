@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from stl_bench.cli import main
-from stl_bench.demo import CHECKPOINT, RUNS
+from stl_bench.demo import CHECKPOINT, REFERENCE_RUN, RUNS, SUMMARY_COLUMNS, DemoConfig, summary_table
+from stl_bench.errors import StlBenchError
+from stl_bench.evaluate.reference import DIGITS_TABLE
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +28,18 @@ def test_demo_writes_every_output(demo_run, capsys):
     runs, _ = demo_run
     for run in RUNS:
         assert (runs / run.name / CHECKPOINT).is_file()
+    assert not (runs / REFERENCE_RUN.name).exists()  # the normaliser is the shipped table, not retrained
     board = pd.read_csv(runs / "leaderboard.csv")
     assert len(board) == len(RUNS)
-    for column in ("model", "checkpoint", "head", "weights", "preprocessing", "params", "input_size",
+    for column in ("name", "model", "checkpoint", "head", "weights", "preprocessing", "params", "input_size",
                    "images_per_s", "date", "versions", "normalizer", "in1k_top1", "in1k_top5", "in1k_ece"):
         assert column in board.columns, column
+    assert board.columns[0] == "name" and sorted(board["name"]) == ["baseline", "labeler", "student"]
     assert board["in1k_top1"].between(0, 100).all()
     assert set(board["head"]) == {"cls", "fused"}
-    assert board["normalizer"].str.contains("results_long.csv").all()
+    assert (board["normalizer"] == "digits").all()
+    table = pd.read_csv(DIGITS_TABLE, keep_default_na=False)
+    table = table[table["suite"] == "in-c"].astype({"severity": int}).set_index(["corruption", "severity"])["error"]
     for run in RUNS:
         long = pd.read_csv(runs / "eval" / run.name / "results_long.csv")
         assert list(long.columns[:6]) == ["suite", "corruption", "severity", "n", "correct", "error"]
@@ -44,10 +50,14 @@ def test_demo_writes_every_output(demo_run, capsys):
         assert (inc["correct"] <= inc["n"]).all()
         assert (inc["n"] == 10 * 10).all()  # the fixed subset: 10 images of each of the 10 classes
         assert long[long["suite"] == "in1k"]["n"].iloc[0] == 360  # clean accuracy: the whole split
-    # The normaliser is scored against itself: CE 100 for each corruption it has.
-    ref = board[board["checkpoint_path"].str.contains("alexnet_mini")].iloc[0]
-    for corruption in ("gaussian_noise", "contrast"):
-        assert math.isclose(ref[f"ce_{corruption}"], 100.0, abs_tol=1e-6)
+        # CE against the shipped table, by hand: 100 x the model's summed errors / the table's
+        row = board[board["name"] == run.name].iloc[0]
+        for corruption in ("gaussian_noise", "contrast"):
+            mine = inc[inc["corruption"] == corruption]["error"].sum()
+            assert math.isclose(row[f"ce_{corruption}"], 100 * mine / table[corruption].sum(), abs_tol=1e-3)
+    summary = summary_table(DemoConfig(output=runs))
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert list(summary["name"]) == [r.name for r in RUNS] and (summary["normalizer"] == "digits").all()
 
 
 @pytest.mark.slow
@@ -72,6 +82,7 @@ def test_demo_rerun_reuses_finished_steps(demo_run, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "open the app on these models: stl-bench app" in out
+    assert "relative to alexnet_mini_32 (digits table)" in out and "labeler" in out
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing retrained or re-exported
     assert all(p.stat().st_mtime_ns == t for p, t in cells.items())  # no cell recomputed
 
@@ -95,3 +106,24 @@ def test_inc_subset_is_written_whole_and_a_killed_copy_is_cleaned(tmp_path):
     assert not stale.exists()
     assert inc_subset(cfg, data) == target  # complete: reused as it is
     assert inc_subset(DemoConfig(output=tmp_path / "runs", inc_per_class=None), data) == data / "val"
+
+
+def test_a_normaliser_that_cannot_score_the_run_stops_the_demo_before_training(tmp_path):
+    from stl_bench.demo import run_demo
+
+    ref = tmp_path / "ref" / "results_long.csv"
+    ref.parent.mkdir()
+    pd.DataFrame([{"suite": "in-c", "corruption": "fog", "severity": s, "n": 1, "correct": 0, "error": 1.0}
+                  for s in range(1, 6)]).to_csv(ref, index=False)
+    cfg = DemoConfig(output=tmp_path / "runs", data=tmp_path / "data", normalizer=str(ref),
+                     corruptions=("fog", "contrast"))
+    with pytest.raises(StlBenchError, match="lacks contrast, which this run scores"):
+        run_demo(cfg)
+    assert not cfg.output.exists() and not cfg.data.exists()
+    with pytest.raises(StlBenchError, match="unknown normaliser 'digit' \\(did you mean digits\\?\\)"):
+        run_demo(DemoConfig(output=tmp_path / "runs", data=tmp_path / "data", normalizer="digit"))
+
+
+def test_the_reference_cnn_is_scored_only_on_request():
+    assert REFERENCE_RUN not in DemoConfig().runs and DemoConfig().normalizer == "digits"
+    assert DemoConfig(with_reference=True).runs == (REFERENCE_RUN, *RUNS)

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from stl_bench.cli import main
-from stl_bench.evaluate.leaderboard import compare_with_cards, load_model_cards, merge_row, update_leaderboard
+from stl_bench.errors import StlBenchError
+from stl_bench.evaluate.leaderboard import (
+    compare_with_cards,
+    load_model_cards,
+    merge_row,
+    read_leaderboard,
+    run_name,
+    update_leaderboard,
+)
 
 BASE = {"model": "fan_tiny", "checkpoint": "abc123", "head": "fused", "weights": "ema", "preprocessing": "p"}
 
@@ -72,3 +80,60 @@ def test_leaderboard_command(tmp_path, capsys):
     assert "fan_tiny" in out and "79.60" in out and "80.10" in out and "-0.50" in out
     assert main(["leaderboard", str(tmp_path / "missing.csv")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_run_is_named_by_its_folder_or_file():
+    assert run_name("stl_bench_runs/demo/labeler/last.pt") == "labeler"
+    assert run_name("stl_bench_runs/demo/student/last.pt") == "student"
+    assert run_name("exports/student.onnx") == "student"
+    assert run_name("stl_fan_hybrid_small.pth.tar") == "stl_fan_hybrid_small"
+    assert run_name("runs/fan_s/model_best.pth.tar") == "fan_s"
+    assert run_name("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert run_name(None, "fan_tiny") == run_name("", "fan_tiny") == "fan_tiny"
+
+
+def test_two_checkpoints_of_one_architecture_are_told_apart_by_name(tmp_path):
+    path = tmp_path / "lb.csv"
+    update_leaderboard(path, {**BASE, "name": "labeler", "checkpoint": "aaa", "in1k_top1": 97.0})
+    update_leaderboard(path, {**BASE, "name": "student", "checkpoint": "bbb", "in1k_top1": 97.5})
+    table = pd.read_csv(path)
+    assert list(table.columns[:2]) == ["name", "model"] and list(table["name"]) == ["labeler", "student"]
+    assert main(["leaderboard", str(path)]) == 0
+
+
+def test_an_old_leaderboard_without_names_still_reads_and_gains_them(tmp_path, capsys):
+    path = tmp_path / "lb.csv"
+    pd.DataFrame([{**BASE, "in1k_top1": 79.0, "checkpoint_path": "runs/labeler/last.pt"},
+                  {**BASE, "checkpoint": "def456", "in1k_top1": 78.0, "checkpoint_path": ""}]).to_csv(path, index=False)
+    assert list(read_leaderboard(path)["name"]) == ["labeler", "fan_tiny"]
+    assert main(["leaderboard", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[0] == "name" and "labeler" in out
+    update_leaderboard(path, {**BASE, "name": "student", "checkpoint": "ccc", "in1k_top1": 80.0})
+    table = pd.read_csv(path, dtype={"checkpoint": str})
+    assert list(table["name"]) == ["labeler", "fan_tiny", "student"] and len(table) == 3
+    assert list(table["in1k_top1"]) == [79.0, 78.0, 80.0]
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("", "it is empty"),
+    ("model,checkpoint\nm,c\nm,c,x,y\n", "not a readable CSV"),
+    ('"half a quoted field\n', "not a readable CSV"),
+    ("a,b\n1,2\n", "lacks the key column(s) model"),
+])
+def test_a_broken_leaderboard_is_left_alone_and_the_new_row_kept(tmp_path, capsys, content, reason):
+    path = tmp_path / "lb.csv"
+    path.write_text(content)
+    with pytest.raises(StlBenchError) as err:
+        update_leaderboard(path, {**BASE, "name": "student", "in1k_top1": 97.5})
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and reason in message
+    assert path.read_text() == content  # not written over
+    saved = [p for p in tmp_path.iterdir() if p.name.startswith("lb.unmerged-student-")]
+    assert len(saved) == 1 and str(saved[0]) in message
+    row = pd.read_csv(saved[0], dtype={"checkpoint": str}).iloc[0]
+    assert row["name"] == "student" and row["checkpoint"] == "abc123" and row["in1k_top1"] == 97.5
+    # `stl-bench leaderboard` says the same in one line
+    assert main(["leaderboard", str(path)]) == 1
+    err_text = capsys.readouterr().err.strip()
+    assert len(err_text.splitlines()) == 1 and str(path) in err_text and reason in err_text

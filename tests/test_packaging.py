@@ -1,7 +1,8 @@
 """The package as a user installs it: a plain (non-editable) wheel, away from the source tree.
 
-`stl-bench models` and the leaderboard read the model cards; in a wheel install there is
-no repository around the package, so the cards must travel inside it. Built from a copy
+`stl-bench models` and the leaderboard read the model cards, and `--normalizer digits`
+reads the fixed CE table; in a wheel install there is no repository around the package,
+so the cards and the tables must travel inside it. Built from a copy
 of the sources so that the build leaves nothing in the checkout (about 15 s on 2 cores).
 """
 from __future__ import annotations
@@ -66,6 +67,18 @@ def test_wheel_install_lists_the_cards_from_the_command_line(installed):
     out = _python(installed, "", "-m", "stl_bench", "models")
     assert f"{len(CARDS)} cards in {installed / 'stl_bench' / 'cards'}" in out
     assert "stl_fan_hybrid_tiny_labeler" in out
+
+
+def test_wheel_install_has_the_digits_normaliser_table(installed):
+    code = ("import json; from stl_bench.evaluate.reference import resolve_reference, DIGITS_TABLE; "
+            "r = resolve_reference('digits'); "
+            "print(json.dumps([str(DIGITS_TABLE), r.name, sorted(r.errors), r.errors['fog'][3], r.clean_error]))")
+    path, name, corruptions, fog3, clean = json.loads(_python(installed, code).strip().splitlines()[-1])
+    shipped = REPO / "stl_bench" / "evaluate" / "tables"
+    assert Path(path).parent == installed / "stl_bench" / "evaluate" / "tables"
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    assert (Path(path).with_suffix(".json")).is_file()  # the metadata travels with the table
+    assert name == "digits" and len(corruptions) == 19 and 0 < fog3 < 1 and 0 <= clean < 1
 
 
 def test_models_readme_points_at_the_one_copy_of_the_cards():

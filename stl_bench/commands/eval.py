@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--a-r-mode", default="official", choices=["official", "all1000"],
                    help="IN-A/IN-R: argmax over the suite's 200 logits (official) or over all 1000")
     s.add_argument("--normalizer", default="alexnet",
-                   help="CE reference: alexnet (built-in table) or a reference model's results_long.csv")
+                   help="CE reference: alexnet (ImageNet-C table), digits (the demo digits' table), or a reference model's results_long.csv")
     s.add_argument("--inc-on-the-fly", action="store_true",
                    help="corrupt --in-c (a clean folder) on the fly: decode once, 19 x 5 cells, per-sample seeds")
     s.add_argument("--inc-corruptions", type=arg.corruption_list,

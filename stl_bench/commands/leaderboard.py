@@ -13,7 +13,7 @@ DESCRIPTION = (
     "measured one and the difference (measured - reported), in percentage points."
 )
 
-SHOWN = ["model", "head", "weights", "checkpoint", "params", "in1k_top1", "in1k_top5", "in1k_ece", "inc_acc",
+SHOWN = ["name", "model", "head", "weights", "checkpoint", "params", "in1k_top1", "in1k_top5", "in1k_ece", "inc_acc",
          "inc_mce", "inc_rel_mce", "in_a", "in_r", "images_per_s"]
 
 

@@ -11,11 +11,17 @@ from pathlib import Path
 
 from stl_bench.data.corruptions.names import EXTRA_CORRUPTIONS, STANDARD_CORRUPTIONS
 from stl_bench.evaluate.metrics import CorruptionReport
+from stl_bench.evaluate.reference import reference_label
 from stl_bench.io import write_bytes
 
 
 def plot_ce(report: CorruptionReport, model: str, reference: str, path: Path | str) -> Path:
-    """Write a PNG bar chart of CE per corruption (15 standard, then the 4 extra)."""
+    """Write a PNG bar chart of CE per corruption (15 standard, then the 4 extra).
+
+    `reference` is the reference's name as the leaderboard records it (`alexnet`,
+    `digits`, `csv:<run>/results_long.csv`); the figure spells out what a known name is.
+    """
+    reference = reference_label(reference)
     import matplotlib
 
     matplotlib.use("Agg", force=False)

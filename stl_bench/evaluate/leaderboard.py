@@ -7,7 +7,9 @@ IN-A next week does not erase last week's IN-C. Settings that only some metrics 
 on (the IN-A/IN-R scoring mode, the CE reference, files vs on-the-fly IN-C) travel with
 those metrics: when a setting changes, the old metrics that depended on it are cleared
 rather than left beside a setting they were not measured with. Rows of other models are
-never touched; the file is rewritten atomically under a lock.
+never touched; the file is rewritten atomically under a lock. Each row also carries a
+`name`, the run folder or file of the evaluated source (`labeler` and `student` are two
+checkpoints of one architecture): a reader tells rows apart by it, not by hash.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from stl_bench.io import write_text
 log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ["model", "checkpoint", "head", "weights", "preprocessing"]
+NAME_COLUMN = "name"
+# Checkpoint file names that say nothing about the run: such a source is named by its folder.
+GENERIC_STEMS = {"last", "best", "checkpoint", "model", "model_best", "pytorch_model", "weights", "ema", "final"}
 INFO_COLUMNS = ["params", "input_size", "backend", "images_per_s", "date", "versions", "checkpoint_path",
                 "a_r_mode", "normalizer", "inc_mode", "bad_images", "notes"]
 METRIC_ORDER = ["in1k_top1", "in1k_top5", "in1k_ece", "inc_acc", "inc_mce", "inc_rel_mce", "inc_extra_mce",
@@ -54,20 +59,63 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def read_leaderboard(path: Path | str):
+def run_name(source: str | None, model: str = "") -> str:
+    """The name a reader knows a run by: its file's stem, or its folder for `last.pt` and the like."""
+    if not source:
+        return model
+    if "://" in source:
+        return source
+    path = Path(source)
+    stem = path.name.split(".")[0]
+    if stem.lower() in GENERIC_STEMS and path.parent.name:
+        return path.parent.name
+    return stem or model
+
+
+def _parse(path: Path):
+    """The CSV at `path` as a table, or the one-line reason it is not a leaderboard."""
     import pandas as pd
 
+    try:
+        table = pd.read_csv(path, dtype={"checkpoint": str})
+    except pd.errors.EmptyDataError:
+        return "it is empty"
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"it is not a readable CSV: {first}"
+    lacking = [c for c in KEY_COLUMNS if c not in table.columns]
+    if lacking:
+        return f"it lacks the key column(s) {', '.join(lacking)}"
+    return _with_names(table)
+
+
+def _with_names(table):
+    """Older leaderboards have no `name` column: derive it from each row's checkpoint path."""
+    if table.empty:
+        return table
+    if NAME_COLUMN not in table.columns:
+        table.insert(0, NAME_COLUMN, None)
+    table[NAME_COLUMN] = table[NAME_COLUMN].astype(object)
+    paths = table["checkpoint_path"] if "checkpoint_path" in table.columns else [None] * len(table)
+    for i, (name, source, model) in enumerate(zip(table[NAME_COLUMN], paths, table["model"])):
+        if _missing(name):
+            table.iat[i, table.columns.get_loc(NAME_COLUMN)] = run_name(None if _missing(source) else str(source),
+                                                                        str(model))
+    return table
+
+
+def read_leaderboard(path: Path | str):
     path = Path(path)
     if not path.is_file():
         raise StlBenchError(f"leaderboard {path} does not exist; run `stl-bench eval` first (it writes one)")
-    try:
-        return pd.read_csv(path, dtype={"checkpoint": str})
-    except (ValueError, OSError) as exc:
-        raise StlBenchError(f"leaderboard {path} is not a readable CSV ({exc}); restore or delete it") from exc
+    table = _parse(path)
+    if isinstance(table, str):
+        raise StlBenchError(f"leaderboard {path} is not a leaderboard ({table}); restore or delete it")
+    return table
 
 
 def _ordered(columns: list[str]) -> list[str]:
-    first = [c for c in KEY_COLUMNS + INFO_COLUMNS[:2] if c in columns]
+    first = [c for c in [NAME_COLUMN] + KEY_COLUMNS + INFO_COLUMNS[:2] if c in columns]
     metrics = [c for c in METRIC_ORDER if c in columns]
     ce = sorted(c for c in columns if c.startswith("ce_"))
     rest_info = [c for c in INFO_COLUMNS[2:] if c in columns]
@@ -152,6 +200,7 @@ def leaderboard_row(
 
     inc = "in-c" in kinds
     return {
+        NAME_COLUMN: run_name(str(checkpoint_path) if checkpoint_path else None, setup.model),
         **{k: getattr(setup, k) for k in KEY_COLUMNS},
         "params": params,
         "input_size": "x".join(str(v) for v in input_size),
@@ -170,15 +219,32 @@ def leaderboard_row(
 
 
 def update_leaderboard(path: Path | str, row: dict[str, Any]):
-    """Merge `row` into the CSV at `path` (created if absent) and rewrite it atomically."""
+    """Merge `row` into the CSV at `path` (created if absent) and rewrite it atomically.
+
+    A file there that is not a leaderboard (garbage, empty, another CSV) is left as it is:
+    it may be the user's, and rewriting it would lose it. The new row is saved beside it
+    instead, so nothing this run computed is lost, and the error says where.
+    """
     import pandas as pd
 
     path = Path(path)
     with _locked(path):
-        table = pd.read_csv(path, dtype={"checkpoint": str}) if path.is_file() else None
+        table = _parse(path) if path.is_file() else None
+        if isinstance(table, str):
+            tag = f"{_safe(row.get(NAME_COLUMN))}-{_safe(row.get('checkpoint'))}"
+            saved = path.with_name(f"{path.stem}.unmerged-{tag}.csv")
+            write_text(saved, pd.DataFrame([row]).to_csv(index=False, float_format="%.4f"))
+            raise StlBenchError(
+                f"leaderboard {path} was left untouched because {table}; this run's row is saved in {saved} "
+                "(its cells and results_long.csv are in the eval --out folder); restore or delete "
+                f"{path.name} and re-run the same command to merge the row (stored cells are reused)")
         merged = merge_row(table, row)
         write_text(path, merged.to_csv(index=False, float_format="%.4f"))
     return merged
+
+
+def _safe(text: Any) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(text or "run"))[:60]
 
 
 # -- model cards ---------------------------------------------------------------------------------
