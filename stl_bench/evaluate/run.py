@@ -154,7 +154,10 @@ def run_evaluation(request: EvalRequest) -> EvalResult:
     from stl_bench.evaluate.results import ResultStore
 
     request.check()
-    reference = resolve_reference(request.normalizer)  # fail before the model loads
+    scores_inc = any(s.kind == "in-c" for s in request.suites)
+    reference = resolve_reference(request.normalizer,  # fail before the model loads
+                                  request.options.inc_corruptions if scores_inc else None,
+                                  request.options.inc_severities)
     _check_outputs_writable(request.out, request.leaderboard)
     dist = DistContext.from_env(request.device)
     device = dist.device
@@ -198,6 +201,10 @@ def _check_outputs_writable(run_dir: Path | None, leaderboard: Path | None) -> N
         ensure_writable_folder(Path(run_dir), "--out run")
     if leaderboard is not None:
         ensure_writable_folder(Path(leaderboard).parent, "--leaderboard")
+        if Path(leaderboard).exists():  # a broken leaderboard is refused before the work, not after it
+            from stl_bench.evaluate.leaderboard import read_leaderboard
+
+            read_leaderboard(leaderboard)
 
 
 def _write_outputs(request: EvalRequest, runner: "Runner", setup: "EvalSetup", prep: Any,
