@@ -25,9 +25,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
-                        help="a checkpoint (.pt/.pth/.pth.tar/.safetensors) or .onnx file; repeat for more")
+                        help="a checkpoint (.pt/.pth/.pth.tar/.safetensors), .onnx file or model card "
+                        "name; repeat for more")
     parser.add_argument("--teacher", metavar="PATH", default=None,
-                        help="the stage-1 labeler; with it, the first --model is shown as its student side by side")
+                        help="the stage-1 labeler (a file or a model card name); with it, the first "
+                        "--model is shown as its student side by side")
     parser.add_argument("--demo-dir", default="stl_bench_runs/demo",
                         help="where `stl-bench demo` wrote labeler/, student/, baseline/ (used when no --model)")
     parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",

@@ -36,7 +36,7 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", type=arg.model_source,
-                        help="checkpoint (.pth/.pt/.safetensors) or, for an engine, an "
+                        help="checkpoint (.pth/.pt/.safetensors), a model card name (`stl-bench models`) or, for an engine, an "
                         "exported .onnx file; omit with --model for random weights (smoke tests)")
     parser.add_argument("--output", "-o", type=Path, help="FILE.onnx, or FILE.engine for TensorRT (required, except "
                         "for `stl-bench export EXPORTED.onnx --triton-repo DIR`)")

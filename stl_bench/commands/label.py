@@ -18,7 +18,7 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, help="stage-1 labeler checkpoint (EMA weights used when present)")
+    parser.add_argument("--teacher", required=True, help="stage-1 labeler checkpoint or model card name (EMA weights used when present)")
     parser.add_argument("--data", required=True,
                         help="data root; its --split sub-folder (train/<class>/*) is labelled; 'demo' = the built-in digits")
     parser.add_argument("--split", default="train", help="sub-folder of --data to label ('' to label --data itself)")

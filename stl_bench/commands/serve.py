@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", type=arg.model_source,
-                   help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file or TensorRT "
-                   "engine (.engine/.plan)")
+                   help="checkpoint (.pth/.pth.tar/.pt/.safetensors), .onnx file, TensorRT "
+                   "engine (.engine/.plan) or a model card name (`stl-bench models`; cached by --download)")
     m = p.add_argument_group("model")
     m.add_argument("--model", help="architecture for a bare state dict; alone: random weights (smoke tests)")
     m.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
