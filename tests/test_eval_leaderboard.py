@@ -137,3 +137,17 @@ def test_a_broken_leaderboard_is_left_alone_and_the_new_row_kept(tmp_path, capsy
     assert main(["leaderboard", str(path)]) == 1
     err_text = capsys.readouterr().err.strip()
     assert len(err_text.splitlines()) == 1 and str(path) in err_text and reason in err_text
+
+
+def test_a_row_is_compared_with_the_card_of_its_released_file():
+    """Three released cards share fan_base_16_p4_hybrid: the file name picks one, an unknown
+    file of that architecture matches none rather than the first."""
+    cards = load_model_cards()
+    row = {**BASE, "model": "fan_base_16_p4_hybrid", "in1k_top1": 85.0}
+    by_file = merge_row(None, {**row, "checkpoint_path": "/cache/fan_hybrid_base_in22k_1k.pth.tar"})
+    cmp = compare_with_cards(by_file, cards)
+    assert cmp.set_index("metric")["reported"].to_dict() == {"in1k_top1": 85.3, "inc_acc": 70.5}
+    unknown = merge_row(None, {**row, "checkpoint_path": "/runs/mine/last.pt"})
+    assert compare_with_cards(unknown, cards).empty
+    single = merge_row(None, {**BASE, "model": "fan_tiny_8_p4_hybrid", "in1k_top1": 79.0})
+    assert not compare_with_cards(single, cards).empty  # one card has that architecture

@@ -258,11 +258,24 @@ def load_model_cards(cards_dir: Path | str | None = None) -> dict[str, dict]:
     return load_cards(Path(cards_dir) if cards_dir else None)
 
 
-def _card_for(model: str, cards: dict[str, dict]) -> dict | None:
-    for name, card in cards.items():
-        if model in (name, card.get("name"), card.get("arch")):
-            return card
-    return None
+def _card_for(row: Any, cards: dict[str, dict]) -> dict | None:
+    """The card a leaderboard row measured: by the released file's name (downloads keep it),
+    then by card name, then by architecture only where one card with reported numbers has
+    it (`fan_base_16_p4_hybrid` has three: in1k, in22k and 384 px, which must not be mixed)."""
+    from stl_bench.fan.cards import card_file_name
+
+    path = row.get("checkpoint_path")
+    if not _missing(path):
+        by_file = [c for c in cards.values() if card_file_name(c) == Path(str(path)).name]
+        if by_file:
+            return by_file[0]
+    for key in (row.get(NAME_COLUMN), row.get("model")):
+        if not _missing(key):
+            by_name = [c for n, c in cards.items() if str(key) in (n, c.get("name"))]
+            if by_name:
+                return by_name[0]
+    same_arch = [c for c in cards.values() if c.get("arch") == row.get("model") and c.get("reported")]
+    return same_arch[0] if len(same_arch) == 1 else None
 
 
 def compare_with_cards(table, cards: dict[str, dict]):
@@ -271,7 +284,7 @@ def compare_with_cards(table, cards: dict[str, dict]):
 
     rows = []
     for _, r in table.iterrows():
-        card = _card_for(str(r["model"]), cards)
+        card = _card_for(r, cards)
         if card is None:
             continue
         for key, col in CARD_METRICS.items():
