@@ -169,9 +169,12 @@ class _Job:
                   for plan in plans for p in plan.passes for v in p.views}
         if dist.is_main:  # the one writer: no other process is mid-file in the store now
             model.store.remove_stale_temporaries()
-        done = set(dist.broadcast(sorted(model.store.usable(setups)) if dist.is_main else None))
+        done = set(_broadcast_done(model.store, setups, dist))
         outcome = EvalOutcome(plans=plans, cells={})
-        return cls(model, prep, setups, outcome, _units(plans, done, outcome, max_cells, inc_group))
+        units = _units(plans, done, outcome, max_cells, inc_group)
+        for pass_, _ in units:  # scanned against this model's classes now: a misfit fails before any pass
+            pass_.index()
+        return cls(model, prep, setups, outcome, units)
 
     def finish(self, dist: DistContext) -> EvalOutcome:
         dist.barrier()  # rank 0 has written every cell before anyone reads the store
@@ -180,6 +183,21 @@ class _Job:
         if dist.is_main:
             store.drop_finished_progress(outcome.cells)
         return outcome
+
+
+def _broadcast_done(store: ResultStore, setups: dict[CellKey, dict[str, Any]], dist: DistContext) -> list[CellKey]:
+    """The cells rank 0 finds done; its error (an unreadable cell file) is raised on every
+    rank, so no process is left waiting in a collective the others skipped."""
+    answer: tuple[str, Any] | None = None
+    if dist.is_main:
+        try:
+            answer = ("done", sorted(store.usable(setups)))
+        except StlBenchError as exc:
+            answer = ("error", str(exc))
+    kind, value = dist.broadcast(answer)
+    if kind == "error":
+        raise StlBenchError(value)
+    return value
 
 
 def _units(plans: list[SuitePlan], done: set[CellKey], outcome: EvalOutcome, max_cells: int | None,

@@ -211,6 +211,7 @@ def run_evaluations(requests: Sequence[EvalRequest]) -> EvalBatch:
     if not requests:
         return EvalBatch([], [])
     dist = DistContext.from_env(requests[0].device)
+    order = {id(r): n for n, r in enumerate(requests)}
     failures: list[EvalFailure] = []
     loaded = _open_models(requests, dist, failures)
     first = requests[0]
@@ -224,10 +225,9 @@ def run_evaluations(requests: Sequence[EvalRequest]) -> EvalBatch:
             results.append(EvalResult(is_main=False, run_dir=item.model.store.run_dir))
         else:
             try:
-                results.append(_write_outputs(item, outcome, references[requests.index(item.request)]))
+                results.append(_write_outputs(item, outcome, references[order[id(item.request)]]))
             except StlBenchError as exc:
                 failures.append(EvalFailure(item.request, exc))
-    order = {id(r): n for n, r in enumerate(requests)}
     failures.sort(key=lambda f: order[id(f.request)])
     return EvalBatch(results, failures)
 
