@@ -1,4 +1,4 @@
-"""`stl-bench eval`: evaluate one model on IN-1K, IN-A, IN-R, IN-C and folder suites.
+"""`stl-bench eval`: evaluate one or more models on IN-1K, IN-A, IN-R, IN-C and folder suites.
 
 Resumable (re-run the same command after a kill: only missing cells are computed),
 shardable (`torchrun --nproc_per_node N -m stl_bench.cli eval ...`), and it writes the
@@ -11,19 +11,27 @@ import argparse
 from stl_bench.commands import arguments as arg
 
 NAME = "eval"
-HELP = "evaluate a model on IN-1K / IN-A / IN-R / IN-C and folder suites; update the leaderboard"
+HELP = "evaluate models on IN-1K / IN-A / IN-R / IN-C and folder suites; update the leaderboard"
 DESCRIPTION = (
     "Evaluate a checkpoint, ONNX file, TensorRT engine or timm/FAN model name on the robustness "
     "suites. Every finished (suite, corruption, severity) cell is saved in --out, so re-running the "
     "same command after a kill computes only what is missing. Run under torchrun to shard over "
-    "processes. Writes --out/results_long.csv, --out/ce_per_corruption.png and a row of --leaderboard."
+    "processes. Writes --out/results_long.csv, --out/ce_per_corruption.png and a row of --leaderboard. "
+    "Several sources (stl-bench eval A.pth B.pth C.onnx --in-c DIR --inc-on-the-fly ...) are scored "
+    "together: each batch is decoded, and each IN-C corruption made, once for all of them, and each "
+    "model gets its default run folder, cells and leaderboard row exactly as if evaluated alone "
+    "(--out is refused: one folder cannot hold several runs). Clean suites share a pass among models "
+    "with the same resize/crop; models of any input size share the on-the-fly IN-C pass (each resizes "
+    "the 224 px corrupted crop itself). A source that fails does not stop the others; it is named at "
+    "the end and the exit code is 1."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", nargs="?", type=arg.model_source,
+    p.add_argument("source", nargs="*", type=arg.model_source,
                    help="checkpoint (.pth/.pth.tar/.safetensors), .onnx file, TensorRT engine, "
-                   "or the URL of a `stl-bench serve` endpoint (http://127.0.0.1:8000: scored as served)")
+                   "or the URL of a `stl-bench serve` endpoint (http://127.0.0.1:8000: scored as served); "
+                   "several: scored together, sharing decoding and corruptions")
     p.add_argument("--model", help="timm / FAN model name (architecture for a bare state dict; alone: random weights)")
     p.add_argument("--head", default="auto", choices=["auto", "cls", "fused"],
                    help="token models: fused = class logits + 0.5 x per-class max over tokens (STL's numbers)")
@@ -68,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=arg.output_folder,
-                   help="run folder for cells, long CSV and figure (default: eval_runs/<model>-<hash>-<head>)")
+                   help="run folder for cells, long CSV and figure (default: eval_runs/<model>-<hash>-<head>); "
+                   "one source only")
     o.add_argument("--leaderboard", default="eval_runs/leaderboard.csv", type=arg.output_file,
                    help="leaderboard CSV to update")
     o.add_argument("--no-figure", action="store_true", help="skip the CE figure")
@@ -98,30 +107,56 @@ def _suite_options(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation. `$STL_BENCH_EVAL_SAVE_EVERY_S` (default 60) sets how often a long
     pass saves its running sums, i.e. the most work a kill can cost."""
+    import dataclasses
     import os
+    import sys
     from pathlib import Path
 
     from stl_bench.errors import StlBenchError
-    from stl_bench.evaluate.run import EvalRequest, describe_result, run_evaluation, suite_specs
-    from stl_bench.fan.hub import resolve_source
+    from stl_bench.evaluate.run import EvalRequest, describe_result, run_evaluation, run_evaluations, suite_specs
 
     every = os.environ.get("STL_BENCH_EVAL_SAVE_EVERY_S", "60")
     try:
         save_every_s = float(every)
     except ValueError:
         raise StlBenchError(f"STL_BENCH_EVAL_SAVE_EVERY_S must be a number of seconds, got {every!r}") from None
-    request = EvalRequest(
+    given = list(args.source) or [None]
+    if len(given) > 1 and args.out:
+        raise StlBenchError(f"--out names one run folder but {len(given)} sources were given; drop --out "
+                            "(each model gets its default eval_runs/<model>-<hash>-<head>) or evaluate one at a time")
+    base = EvalRequest(
         suites=suite_specs(args.in1k, args.in_a, args.in_r, args.in_c, args.folder),
         options=_suite_options(args),
-        source=resolve_source(args.source),  # a card name: its cached checkpoint (after the suites are checked)
-        model=args.model, head=args.head, ema=args.ema, num_classes=args.num_classes,
+        source=None, model=args.model, head=args.head, ema=args.ema, num_classes=args.num_classes,
         normalizer=args.normalizer, device=args.device, amp=args.amp, channels_last=args.channels_last,
         img_size=args.img_size, batch_size=args.batch_size, workers=args.workers, max_cells=args.max_cells,
         inc_group=args.inc_group, progress=not args.no_progress,
         out=Path(args.out) if args.out else None, leaderboard=Path(args.leaderboard), figure=not args.no_figure,
         save_every_s=save_every_s,
     )
-    result = run_evaluation(request)
-    if result.is_main:
-        print(describe_result(result))
-    return 0
+    if len(given) == 1:
+        result = run_evaluation(dataclasses.replace(base, source=_resolve(given[0])))
+        if result.is_main:
+            print(describe_result(result))
+        return 0
+    requests, failed = [], []
+    for source in given:  # a card name: its cached checkpoint (after the suites are checked)
+        try:
+            requests.append(dataclasses.replace(base, source=_resolve(source)))
+        except StlBenchError as exc:
+            failed.append(f"{source}: {exc}")
+    batch = run_evaluations(requests)
+    mains = [r for r in batch.results if r.is_main]
+    if mains:
+        print("\n\n".join(describe_result(r) for r in mains))
+    failed += [f.describe() for f in batch.failures]
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in failed:  # at the end, one line each: the others' results are written above
+            print(f"error: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _resolve(source: str | None):
+    from stl_bench.fan.hub import resolve_source
+
+    return resolve_source(source)

@@ -3,7 +3,9 @@
 A pass walks its shard of files once. Workers decode and do geometry, producing uint8
 crops; the loop moves them to the device, applies each view's on-device transform (the
 ImageNet-C corruption for on-the-fly cells), normalises, predicts and counts. Counts are
-summed across processes at the end of the pass.
+summed across processes at the end of the pass. Several models can share a pass: the
+decoding and each view's transform are done once per batch and every model scores them
+(on-the-fly IN-C spends most of its time making the corruptions, not in the models).
 
 A pass can be long (on-the-fly ImageNet-C scores 95 views of every batch, so none of its
 cells is finished before the last batch), so the loop hands its running sums to a `save`
@@ -111,61 +113,109 @@ def score_view(view: View, logits: torch.Tensor, targets: torch.Tensor, counts: 
     counts.add_batch(logits, targets)
 
 
+@dataclass
+class PassMember:
+    """One model's part in a pass: its runner, preprocessing and views (the same cells for
+    every member of a pass), the running sums it starts from and where to save them."""
+
+    runner: Runner
+    prep: Preprocessing
+    views: list[View]
+    state: PassProgress
+    save: SaveProgress | None = None
+    images_now: int = 0
+    seconds_now: float = 0.0
+
+
 def run_pass(
-    runner: Runner,
     pass_: Pass,
-    views: list[View],
-    prep: Preprocessing,
+    members: list[PassMember],
     cfg: LoopConfig,
     dist: DistContext,
     view_transform: ViewTransform | None = None,
     progress: Callable[[int], None] | None = None,
-    resume: PassProgress | None = None,
-    save: SaveProgress | None = None,
-) -> PassResult:
-    """Evaluate `views` of one pass on this process's shard and sum counts over processes.
+) -> list[PassResult]:
+    """Score every member's views of one pass on this process's shard, then sum over processes.
 
-    `resume` continues from saved sums (made with the same batch size and shard); `save`
-    receives the running sums every `cfg.save_every_s` seconds, never after the last batch.
+    Members whose running sums stop at the same batch share one walk: each batch is
+    decoded once and each view's transform (an IN-C corruption) made once, then every
+    member's model scores it. Members at other batches (a model added after a kill) walk
+    on their own from there. The workers' geometry is the first member's: the caller
+    groups only members with the same `transform_key`. Sums are reduced after every walk,
+    in member order, so all processes make the same collective calls whatever each saved.
     """
     index = pass_.index()
-    dataset = ImageDataset(index.samples, _pass_transform(pass_, prep))
+    dataset = ImageDataset(index.samples, _pass_transform(pass_, members[0].prep))
     shard = dist.shard(range(len(dataset)))
     keys = pass_.sample_keys() if view_transform is not None else []
-    state = resume or PassProgress.start(views)
-    first = state.batches * cfg.batch_size
-    n_batches = -(-len(shard) // cfg.batch_size)
-    if progress is not None and first:
-        progress(min(first, len(shard)) * len(views))
-    earlier, images_now = state.seconds, 0
-    start = last_save = time.perf_counter()
-    for batch in _loader(dataset, shard[first:], cfg, runner.device.type == "cuda"):
-        images_now += _score_batch(runner, batch, views, keys, prep, view_transform, state.counts)
-        state.bad.extend(batch.bad_indices)
-        state.batches += 1
-        now = time.perf_counter()
-        state.seconds = earlier + now - start
-        if progress is not None:
-            progress((int(batch.targets.numel()) + len(batch.bad_indices)) * len(views))
-        if save is not None and state.batches < n_batches and now - last_save >= cfg.save_every_s:
-            save(state)
-            last_save = time.perf_counter()
-    seconds_now = time.perf_counter() - start
-    bad_files = [str(index.samples[i][0]) for i in state.bad]
+    for start in sorted({m.state.batches for m in members}):
+        group = [m for m in members if m.state.batches == start]
+        _walk(dataset, shard, group, keys, cfg, view_transform, progress)
+    bad_files = [str(index.samples[i][0]) for i in members[0].state.bad]
     for path in bad_files[:20]:
         log.warning("unreadable image skipped: %s", path)
+    return [_reduce(m, bad_files, dist) for m in members]
+
+
+def _walk(dataset: ImageDataset, shard: list[int], group: list[PassMember], keys: list[str], cfg: LoopConfig,
+          view_transform: ViewTransform | None, progress: Callable[[int], None] | None) -> None:
+    """One walk over the shard from the group's saved batch; each member is charged the
+    shared time (decoding, view transforms) plus its own model's."""
+    n_views, device = len(group[0].views), group[0].runner.device
+    first = group[0].state.batches * cfg.batch_size
+    n_batches = -(-len(shard) // cfg.batch_size)
+    if progress is not None and first:
+        progress(min(first, len(shard)) * n_views * len(group))
+    earlier = [m.state.seconds for m in group]
+    own = [0.0] * len(group)
+    start = last_save = time.perf_counter()
+    for batch in _loader(dataset, shard[first:], cfg, device.type == "cuda"):
+        n = _score_batch(batch, group, keys, view_transform, own)
+        now = time.perf_counter()
+        shared = now - start - sum(own)
+        for m, before, mine in zip(group, earlier, own):
+            m.images_now += n
+            m.state.bad.extend(batch.bad_indices)
+            m.state.batches += 1
+            m.state.seconds = before + shared + mine
+        if progress is not None:
+            progress((int(batch.targets.numel()) + len(batch.bad_indices)) * n_views * len(group))
+        if group[0].state.batches < n_batches and now - last_save >= cfg.save_every_s:
+            for m in group:
+                if m.save is not None:
+                    m.save(m.state)
+            last_save = time.perf_counter()
+    shared = time.perf_counter() - start - sum(own)
+    for m, mine in zip(group, own):
+        m.seconds_now += shared + mine
+
+
+def _reduce(member: PassMember, bad_files: list[str], dist: DistContext) -> PassResult:
+    """A member's counts summed over processes (its time: the processes' mean)."""
+    state = member.state
     reduced: dict[CellKey, CellCounts] = {}
     for key, c in state.counts.items():
         c.bad = len(state.bad)
         ints = dist.all_reduce_sum(c.int_tensor())
         floats = dist.all_reduce_sum(c.float_tensor())
         reduced[key] = CellCounts.from_tensors(ints, floats)
-    seconds, scored_now = earlier + seconds_now, images_now * len(views)
+    seconds, seconds_now = state.seconds, member.seconds_now
+    scored_now = member.images_now * len(member.views)
     if dist.world_size > 1:  # processes run side by side: report their mean wall time
         sums = dist.all_reduce_sum(torch.tensor([seconds, seconds_now, scored_now], dtype=torch.float64))
         seconds, seconds_now = float(sums[0]) / dist.world_size, float(sums[1]) / dist.world_size
         scored_now = int(sums[2])
-    return PassResult(reduced, seconds, bad_files, images_now=scored_now, seconds_now=seconds_now)
+    return PassResult(reduced, seconds, list(bad_files), images_now=scored_now, seconds_now=seconds_now)
+
+
+def transform_key(pass_: Pass, prep: Preprocessing) -> tuple:
+    """What the workers' transform of `pass_` depends on: models with the same key can share
+    its decoded batches (on-the-fly IN-C: every model, the 224 px crop is model-free)."""
+    if pass_.geometry == "model":
+        return ("model", prep.resize_size, prep.input_size, prep.interpolation)
+    if pass_.geometry == "identity":
+        return ("identity", prep.input_size, prep.interpolation)
+    return (pass_.geometry,)
 
 
 def _pass_transform(pass_: Pass, prep: Preprocessing) -> Callable:
@@ -179,18 +229,24 @@ def _pass_transform(pass_: Pass, prep: Preprocessing) -> Callable:
     return source_transform()
 
 
-def _score_batch(runner: Runner, batch, views: list[View], keys: list[str], prep: Preprocessing,
-                 view_transform: ViewTransform | None, counts: dict[CellKey, CellCounts]) -> int:
-    """Predict and count one batch for every view; returns how many images it scored."""
+def _score_batch(batch, group: list[PassMember], keys: list[str], view_transform: ViewTransform | None,
+                 own: list[float]) -> int:
+    """Predict and count one batch for every view and member; returns how many images it
+    scored. Each view's transform runs once and its output feeds every member's model
+    (adding each member's model time to `own`)."""
     n = int(batch.targets.numel())
     if not n:
         return 0
-    device = runner.device
+    device = group[0].runner.device
     images = batch.images.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
     batch_keys = [keys[i] for i in batch.indices.tolist()] if keys else []
-    for view in views:
+    for i, view in enumerate(group[0].views):
         x = view_transform(images, batch_keys, view) if view_transform is not None else images
-        logits = runner.predict(prep.to_model_input(x)).logits
-        score_view(view, logits, targets, counts[view.key])
+        for j, member in enumerate(group):
+            t = time.perf_counter()
+            logits = member.runner.predict(member.prep.to_model_input(x)).logits
+            mine = member.views[i]
+            score_view(mine, logits, targets, member.state.counts[mine.key])
+            own[j] += time.perf_counter() - t
     return n

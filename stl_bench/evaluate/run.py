@@ -5,6 +5,10 @@ derives the preprocessing and the setup that identifies its results, runs the ha
 (resumable, sharded under torchrun), then on rank 0 writes the long CSV, the CE figure
 and the leaderboard row. The CLI only turns flags into an `EvalRequest` and prints the
 `EvalResult`; notebooks and benchmarks call `run_evaluation` the same way.
+
+`run_evaluations` takes one request per model and scores them all on each decoded (and
+corrupted) batch: on-the-fly IN-C spends its time making corruptions, so several models
+cost little more than one. Each model's outputs are those of its own `run_evaluation`.
 """
 from __future__ import annotations
 
@@ -22,10 +26,11 @@ if TYPE_CHECKING:
     import torch
 
     from stl_bench.deploy.runner import Runner, RunnerInfo
-    from stl_bench.evaluate.harness import EvalOutcome, EvalSetup
+    from stl_bench.evaluate.harness import EvalOutcome, ModelEval
+    from stl_bench.evaluate.loop import LoopConfig
+    from stl_bench.evaluate.preprocess import Preprocessing
     from stl_bench.evaluate.reference import CEReference
     from stl_bench.evaluate.report import Summary
-    from stl_bench.evaluate.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -142,24 +147,151 @@ def default_run_dir(info: "RunnerInfo", checkpoint: str, served: bool) -> Path:
     return Path("eval_runs") / f"{safe}-{checkpoint[:12]}-{info.head}{'-served' if served else ''}"
 
 
+@dataclass
+class EvalFailure:
+    """A source that could not be evaluated (it did not load, the suites do not fit it, or its
+    outputs could not be written); its finished cells, if any, stay saved."""
+
+    request: EvalRequest
+    error: StlBenchError
+
+    @property
+    def source(self) -> str | None:
+        return self.request.source
+
+    def describe(self) -> str:
+        """One line naming the source (or the model built by name) and what went wrong."""
+        return f"{self.source or self.request.model or 'the model'}: {self.error}"
+
+
+@dataclass
+class EvalBatch:
+    """What `run_evaluations` produced: a result per source that ran, in order, and the failures."""
+
+    results: list[EvalResult]
+    failures: list[EvalFailure]
+
+
+# Settings of the one shared walk over the files: every request of a call must agree on them.
+SHARED_FIELDS = ("suites", "options", "device", "batch_size", "workers", "max_cells", "inc_group", "progress",
+                 "save_every_s")
+
+
 def run_evaluation(request: EvalRequest) -> EvalResult:
-    """Evaluate the missing cells of `request.suites`, then (rank 0) write every output."""
+    """Evaluate the missing cells of `request.suites`, then (rank 0) write every output;
+    a failure is raised (`run_evaluations` with one request)."""
+    batch = run_evaluations([request])
+    if batch.failures:
+        raise batch.failures[0].error
+    return batch.results[0]
+
+
+def run_evaluations(requests: Sequence[EvalRequest]) -> EvalBatch:
+    """Evaluate several models in one go: each decoded (and, for on-the-fly IN-C, corrupted)
+    batch is made once and scored by every model, and each model gets the run folder, cells,
+    long CSV, figure and leaderboard row a separate `run_evaluation` would give it.
+
+    The requests differ in the model (source, model, head, ema, num_classes, img_size, amp,
+    channels_last) and outputs (out, leaderboard, figure, normalizer); they must agree on
+    `SHARED_FIELDS`. Wrong settings or unwritable outputs refuse the whole call before any
+    model loads; a model that fails to load, that the suites do not fit or whose outputs
+    cannot be written is an `EvalFailure` and the others still run.
+    """
+    from stl_bench.distributed import DistContext
+    from stl_bench.evaluate.harness import evaluate_models
+
+    requests = list(requests)
+    for request in requests:
+        request.check()
+    _check_shared(requests)
+    references = [_reference(r) for r in requests]  # fail before any model loads
+    for request in requests:
+        _check_outputs_writable(request.out, request.leaderboard)
+    if not requests:
+        return EvalBatch([], [])
+    dist = DistContext.from_env(requests[0].device)
+    order = {id(r): n for n, r in enumerate(requests)}
+    failures: list[EvalFailure] = []
+    loaded = _open_models(requests, dist, failures)
+    first = requests[0]
+    outcomes = evaluate_models([m.model for m in loaded], first.suites, first.options, loop=_loop(first, dist),
+                               dist=dist, max_cells=first.max_cells, inc_group=first.inc_group)
+    results = []
+    for item, outcome in zip(loaded, outcomes):
+        if isinstance(outcome, StlBenchError):
+            failures.append(EvalFailure(item.request, outcome))
+        elif not dist.is_main:
+            results.append(EvalResult(is_main=False, run_dir=item.model.store.run_dir))
+        else:
+            try:
+                results.append(_write_outputs(item, outcome, references[order[id(item.request)]]))
+            except StlBenchError as exc:
+                failures.append(EvalFailure(item.request, exc))
+    failures.sort(key=lambda f: order[id(f.request)])
+    return EvalBatch(results, failures)
+
+
+def _reference(request: EvalRequest) -> "CEReference":
+    """The request's CE normaliser, which must cover every corruption the run will score."""
+    from stl_bench.evaluate.reference import resolve_reference
+
+    scores_inc = any(s.kind == "in-c" for s in request.suites)
+    return resolve_reference(request.normalizer, request.options.inc_corruptions if scores_inc else None,
+                             request.options.inc_severities)
+
+
+def _check_shared(requests: list[EvalRequest]) -> None:
+    for request in requests[1:]:
+        differ = [name for name in SHARED_FIELDS if getattr(request, name) != getattr(requests[0], name)]
+        if differ:
+            raise StlBenchError(f"models evaluated together share {', '.join(differ)}; request for "
+                                f"{request.source} differs from the first: evaluate it in its own call")
+
+
+def _loop(request: EvalRequest, dist: Any) -> "LoopConfig":
+    from stl_bench.evaluate.loop import LoopConfig
+
+    return LoopConfig(
+        batch_size=request.batch_size or (256 if dist.device.type == "cuda" else 64),
+        workers=request.workers if request.workers is not None else min(8, os.cpu_count() or 1),
+        progress=request.progress, save_every_s=request.save_every_s,
+    )
+
+
+@dataclass
+class _Loaded:
+    """A request whose model is open, with its setup and store."""
+
+    request: EvalRequest
+    model: "ModelEval"
+    prep: "Preprocessing"
+
+
+def _open_models(requests: list[EvalRequest], dist: Any, failures: list[EvalFailure]) -> list[_Loaded]:
+    """Open each request's model; one that fails (or repeats an earlier one's run folder) is
+    a failure and the rest go on."""
+    loaded: list[_Loaded] = []
+    for request in requests:
+        try:
+            item = _open_model(request, dist)
+            twin = next((x for x in loaded if x.model.store.run_dir == item.model.store.run_dir), None)
+            if twin is not None:
+                raise StlBenchError(f"its run folder {item.model.store.run_dir} is that of {twin.request.source} "
+                                    "in the same call; evaluate each model once per call")
+        except StlBenchError as exc:
+            failures.append(EvalFailure(request, exc))
+            continue
+        loaded.append(item)
+    return loaded
+
+
+def _open_model(request: EvalRequest, dist: Any) -> _Loaded:
     from stl_bench.deploy import open as opener
     from stl_bench.deploy.runner import is_endpoint_url
-    from stl_bench.distributed import DistContext
-    from stl_bench.evaluate.harness import EvalSetup, evaluate
-    from stl_bench.evaluate.loop import LoopConfig
+    from stl_bench.evaluate.harness import EvalSetup, ModelEval
     from stl_bench.evaluate.preprocess import Preprocessing
-    from stl_bench.evaluate.reference import resolve_reference
     from stl_bench.evaluate.results import ResultStore
 
-    request.check()
-    scores_inc = any(s.kind == "in-c" for s in request.suites)
-    reference = resolve_reference(request.normalizer,  # fail before the model loads
-                                  request.options.inc_corruptions if scores_inc else None,
-                                  request.options.inc_severities)
-    _check_outputs_writable(request.out, request.leaderboard)
-    dist = DistContext.from_env(request.device)
     device = dist.device
     runner = opener.open_runner(
         request.source, model_name=request.model, device=device, head=request.head, use_ema=request.ema,
@@ -174,22 +306,7 @@ def run_evaluation(request: EvalRequest) -> EvalResult:
     run_dir = Path(request.out) if request.out else default_run_dir(info, checkpoint, served)
     if request.out is None:
         _check_outputs_writable(run_dir, None)
-    loop = LoopConfig(
-        batch_size=request.batch_size or (256 if device.type == "cuda" else 64),
-        workers=request.workers if request.workers is not None else min(8, os.cpu_count() or 1),
-        progress=request.progress, save_every_s=request.save_every_s,
-    )
-    store = ResultStore(run_dir)
-    outcome = evaluate(runner, request.suites, request.options, store, setup, loop=loop,
-                       dist=dist, prep=prep, max_cells=request.max_cells, inc_group=request.inc_group)
-    if not dist.is_main:
-        return EvalResult(is_main=False, run_dir=run_dir)
-    try:
-        return _write_outputs(request, runner, setup, prep, outcome, reference, store)
-    except (StlBenchError, OSError) as exc:
-        raise StlBenchError(
-            f"{exc}; the {len(outcome.cells)} finished cell(s) are saved in {store.cell_dir}: fix that and re-run "
-            "the same command to write the outputs (nothing is computed again)") from None
+    return _Loaded(request, ModelEval(runner, ResultStore(run_dir), setup, prep), prep)
 
 
 def _check_outputs_writable(run_dir: Path | None, leaderboard: Path | None) -> None:
@@ -207,13 +324,24 @@ def _check_outputs_writable(run_dir: Path | None, leaderboard: Path | None) -> N
             read_leaderboard(leaderboard)
 
 
-def _write_outputs(request: EvalRequest, runner: "Runner", setup: "EvalSetup", prep: Any,
-                   outcome: "EvalOutcome", reference: "CEReference", store: "ResultStore") -> EvalResult:
+def _write_outputs(item: _Loaded, outcome: "EvalOutcome", reference: "CEReference") -> EvalResult:
     """Rank 0: the long CSV, the CE figure and the leaderboard row of a finished (or stopped) run."""
+    store = item.model.store
+    try:
+        return _write(item, outcome, reference)
+    except (StlBenchError, OSError) as exc:
+        raise StlBenchError(
+            f"{exc}; the {len(outcome.cells)} finished cell(s) are saved in {store.cell_dir}: fix that and re-run "
+            "the same command to write the outputs (nothing is computed again)") from None
+
+
+def _write(item: _Loaded, outcome: "EvalOutcome", reference: "CEReference") -> EvalResult:
     from stl_bench.evaluate.leaderboard import leaderboard_row, update_leaderboard
     from stl_bench.evaluate.report import long_table, summarize
     from stl_bench.io import write_text
 
+    request, runner, setup, store, prep = (item.request, item.model.runner, item.model.setup, item.model.store,
+                                           item.prep)
     info = runner.info
     summary = summarize(outcome.plans, outcome.cells, reference)
     long_csv = write_text(store.long_csv, long_table(outcome.cells).to_csv(index=False))
