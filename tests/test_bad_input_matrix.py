@@ -31,7 +31,8 @@ from stl_bench.io import is_temporary
 NANO = "fan_nano_4_p4_32_token"
 ROOT = os.geteuid() == 0  # root writes through chmod 0o555: those cases use a path below a file instead
 TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
-LEADERBOARD = "model,head,weights,checkpoint,in1k_top1\nfan_nano_4_p4_32_token,fused,model,abc123,12.5\n"
+LEADERBOARD = ("model,head,weights,checkpoint,preprocessing,in1k_top1\n"
+               "fan_nano_4_p4_32_token,fused,model,abc123,resize 32 bicubic,12.5\n")
 
 
 def _png(path: Path, seed: int) -> Path:
