@@ -129,13 +129,24 @@ def test_a_failing_source_is_named_at_the_end_and_the_others_run(tmp_path, tiny_
     assert len(pd.read_csv(runs / "leaderboard.csv")) == 2 and len(_cells(runs)) == 2 * 5
 
 
-def test_out_with_several_sources_is_refused_in_one_line(tmp_path, tiny_checkpoint, capsys):
+def test_out_with_several_sources_is_their_parent_folder(tmp_path, tiny_checkpoint, capsys):
     data = _digits(tmp_path / "digits")
-    ckpts = [str(tiny_checkpoint(tmp_path / f"m{seed}.pth", seed)) for seed in (1, 2)]
-    rc = main(["eval", *ckpts, "--in1k", str(data), "--out", str(tmp_path / "run"), "--no-progress"])
+    ckpts = []
+    for name in ("labeler", "student"):
+        (tmp_path / name).mkdir()
+        ckpts.append(str(tiny_checkpoint(tmp_path / name / "last.pt", len(ckpts) + 1)))
+    rc = main(["eval", *ckpts, "--in1k", str(data), "--out", str(tmp_path / "eval"),
+               "--leaderboard", str(tmp_path / "lb.csv"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["labeler", "student"]
+    assert all((tmp_path / "eval" / n / "results_long.csv").exists() for n in ("labeler", "student"))
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    same = [str(tiny_checkpoint(tmp_path / d / "m.pth", 3)) for d in ("a", "b")]
+    rc = main(["eval", *same, "--in1k", str(data), "--out", str(tmp_path / "eval2"), "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and "--out names one run folder but 2 sources" in err and "\n" not in err
-    assert not (tmp_path / "run").exists()
+    assert rc == 1 and "would share the run folder m" in err and "\n" not in err
+    assert not (tmp_path / "eval2").exists()
 
 
 @pytest.mark.slow

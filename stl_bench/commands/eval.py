@@ -20,7 +20,8 @@ DESCRIPTION = (
     "Several sources (stl-bench eval A.pth B.pth C.onnx --in-c DIR --inc-on-the-fly ...) are scored "
     "together: each batch is decoded, and each IN-C corruption made, once for all of them, and each "
     "model gets its default run folder, cells and leaderboard row exactly as if evaluated alone "
-    "(--out is refused: one folder cannot hold several runs). Clean suites share a pass among models "
+    "(with --out DIR: DIR/<run name>, the file's stem or, for last.pt and the like, its folder). "
+    "Clean suites share a pass among models "
     "with the same resize/crop; models of any input size share the on-the-fly IN-C pass (each resizes "
     "the 224 px corrupted crop itself). A source that fails does not stop the others; it is named at "
     "the end and the exit code is 1."
@@ -77,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("--out", type=arg.output_folder,
                    help="run folder for cells, long CSV and figure (default: eval_runs/<model>-<hash>-<head>); "
-                   "one source only")
+                   "with several sources, the parent of one folder per run (DIR/<run name>)")
     o.add_argument("--leaderboard", default="eval_runs/leaderboard.csv", type=arg.output_file,
                    help="leaderboard CSV to update")
     o.add_argument("--no-figure", action="store_true", help="skip the CE figure")
@@ -121,9 +122,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise StlBenchError(f"STL_BENCH_EVAL_SAVE_EVERY_S must be a number of seconds, got {every!r}") from None
     given = list(args.source) or [None]
-    if len(given) > 1 and args.out:
-        raise StlBenchError(f"--out names one run folder but {len(given)} sources were given; drop --out "
-                            "(each model gets its default eval_runs/<model>-<hash>-<head>) or evaluate one at a time")
+    outs = _run_folders(given, args.out)
     base = EvalRequest(
         suites=suite_specs(args.in1k, args.in_a, args.in_r, args.in_c, args.folder),
         options=_suite_options(args),
@@ -140,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
             print(describe_result(result))
         return 0
     requests, failed = [], []
-    for source in given:  # a card name: its cached checkpoint (after the suites are checked)
+    for source, out in zip(given, outs):  # a card name: its cached checkpoint (after the suites are checked)
         try:
-            requests.append(dataclasses.replace(base, source=_resolve(source)))
+            requests.append(dataclasses.replace(base, source=_resolve(source), out=out))
         except StlBenchError as exc:
             failed.append(f"{source}: {exc}")
     batch = run_evaluations(requests)
@@ -154,6 +153,25 @@ def run(args: argparse.Namespace) -> int:
         for line in failed:  # at the end, one line each: the others' results are written above
             print(f"error: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _run_folders(sources: list, out: str | None) -> list:
+    """With several sources, `--out DIR` is the parent of one run folder per model, named as
+    the leaderboard names the run (`DIR/labeler` for `runs/labeler/last.pt`); without it each
+    model gets its default folder. One source: `--out` is its run folder, as always."""
+    from pathlib import Path
+
+    from stl_bench.errors import StlBenchError
+    from stl_bench.evaluate.leaderboard import run_name
+
+    if len(sources) == 1 or not out:
+        return [Path(out) if out else None] * len(sources)
+    names = [run_name(source) for source in sources]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise StlBenchError(f"--out {out}: several sources would share the run folder {', '.join(repeated)}; "
+                            "give them different file or folder names, or drop --out (default folders)")
+    return [Path(out) / name for name in names]
 
 
 def _resolve(source: str | None):
