@@ -69,9 +69,18 @@ def _child(argv: list[str], kill: str) -> None:
     sys.exit(main(argv))
 
 
+def _forkserver() -> multiprocessing.context.BaseContext:
+    """Children forked from a clean server process that has imported the CLI once: cheap to
+    start, and free of this process's autograd threads (an earlier test's backward pass
+    makes a plain fork of the test process unable to run autograd)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["stl_bench.cli", "stl_bench.train.loop"])
+    return ctx
+
+
 def forked(argv: list[str], kill: str) -> int:
-    """The CLI in a forked copy of this process, armed to SIGKILL itself at `kill`."""
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(argv, kill))
+    """The CLI in a process forked from a clean server, armed to SIGKILL itself at `kill`."""
+    proc = _forkserver().Process(target=_child, args=(argv, kill))
     proc.start()
     proc.join(600)
     return proc.exitcode
