@@ -7,8 +7,8 @@
 #                                 (under 10 minutes on 2 cores)
 #   bash scripts/test.sh --all    slow tests too (the 20-variant export sweep, the live
 #                                 Ray Serve server, the official golden logits, the demo
-#                                 end to end): what CI runs (.ci/run), 12 to 20 minutes
-#                                 on 2 cores depending on the CPU
+#                                 end to end): what CI runs (.ci/run), about 25 minutes
+#                                 on 2 cores of an AMD EPYC
 # Further arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
