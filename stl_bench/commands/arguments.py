@@ -49,32 +49,27 @@ def _number(text: str, cast: type, kind: str) -> float:
     return value
 
 
+def _at_least(text: str, cast: type, kind: str, low: float, inclusive: bool) -> float:
+    value = _number(text, cast, kind)
+    if value < low or (value == low and not inclusive):
+        raise argparse.ArgumentTypeError(f"must be {kind}, got {text}")
+    return cast(value)
+
+
 def positive_int(text: str) -> int:
-    value = _number(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return int(value)
+    return _at_least(text, int, "a positive integer", 1, inclusive=True)
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(text, int, "an integer of 0 or more")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {text}")
-    return int(value)
+    return _at_least(text, int, "an integer of 0 or more", 0, inclusive=True)
 
 
 def positive_float(text: str) -> float:
-    value = _number(text, float, "a positive number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return float(value)
+    return _at_least(text, float, "a positive number", 0, inclusive=False)
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number of 0 or more")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
-    return float(value)
+    return _at_least(text, float, "a number of 0 or more", 0, inclusive=True)
 
 
 def fraction(low: float = 0.0, high: float = 1.0, *, low_open: bool = False, high_open: bool = False) -> Check:
