@@ -195,7 +195,7 @@ CASES = [
     Case("eval-data-unknown-classes", (*EVAL, "{ckpt}", "--in1k", "{t}/unknown"), 1, "zebra"),
     Case("eval-data-only-fake-pngs", (*EVAL, "{ckpt}", "--in1k", "{t}/fakepng"), 1, "{t}/fakepng"),
     Case("train-data-missing", (*TRAIN, "--data", "{t}/nowhere"), 1, "{t}/nowhere"),
-    Case("train-data-is-a-file", (*TRAIN, "--data", "{t}/lb.csv"), 1, "{t}/lb.csv"),
+    Case("train-data-is-a-file", (*TRAIN, "--data", "{t}/lb.csv"), 1, "{t}/lb.csv is a file, not a folder"),
     Case("train-data-empty", (*TRAIN, "--data", "{t}/emptydir"), 1, "{t}/emptydir"),
     Case("train-data-no-images", (*TRAIN, "--data", "{t}/nodata"), 1, "{t}/nodata"),
     Case("corrupt-src-is-a-file", ("corrupt", "{t}/lb.csv", "{t}/c"), 2, "{t}/lb.csv is a file, not a folder"),

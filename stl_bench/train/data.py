@@ -65,6 +65,8 @@ def resolve_data_root(data: str) -> Path:
     root = Path(data).expanduser()
     if not root.exists():
         raise StlBenchError(f"data folder {root} does not exist; pass a folder holding train/<class>/ images, or 'demo'")
+    if not root.is_dir():
+        raise StlBenchError(f"{root} is a file, not a folder; pass the folder that holds train/<class>/ images, or 'demo'")
     return root
 
 
