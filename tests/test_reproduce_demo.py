@@ -96,3 +96,18 @@ def test_the_mean_and_spread_table_per_model():
     table = repro.aggregate(runs).set_index("model")
     assert table.loc["baseline", "seeds"] == 2 and table.loc["baseline", "clean top-1 (%)"] == "95.50 ± 0.71"
     assert table.loc["student", "clean top-1 (%)"] == "97.00 ± 0.00"
+
+
+def test_the_report_tables_are_markdown_without_tabulate():
+    table = pd.DataFrame([{"model": "baseline", "seeds": 5, "mCE": 54.156}, {"model": "student", "seeds": 5, "mCE": 47.8}])
+    assert repro._markdown(table).splitlines() == [
+        "| model | seeds | mCE |", "|---|---|---|", "| baseline | 5 | 54.16 |", "| student | 5 | 47.80 |"]
+
+
+def test_in_c_accuracy_is_compared_when_the_rows_have_it():
+    runs = _runs({"clean top-1": [0.5, 0.4, 0.6], "mCE": [-5.0, -6.0, -4.0]})
+    runs["IN-C acc"] = [88.0, 89.0, 87.5, 88.5, 90.0, 91.0]   # baseline, student per seed: +1.0 each
+    table = repro.differences(runs).set_index("metric")
+    assert list(table.index) == ["clean top-1: student - baseline", "IN-C acc: student - baseline",
+                                 "mCE: student - baseline"]
+    assert table.loc["IN-C acc: student - baseline", "mean"] == pytest.approx(1.0)
