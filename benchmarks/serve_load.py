@@ -1,10 +1,12 @@
 """Served throughput under load, next to the in-process runner's best, in one run.
 
-For each model: export it to ONNX (unless it already is one), measure the in-process
-ONNX Runtime runner's throughput at its best batch size, then start `stl-bench serve`
-on 127.0.0.1 (embedded Ray, ONNX Runtime backend) and drive it with a bounded load
-generator (fixed request count and a time limit per level; it stops by itself) at each
-concurrency. Every request is one encoded image, decoded and preprocessed by the server.
+For each model: export it to ONNX (unless it already is one), find the in-process
+ONNX Runtime runner's best batch size, then start `stl-bench serve` on 127.0.0.1
+(embedded Ray, ONNX Runtime backend) and, at each concurrency, alternate `--rounds`
+in-process rounds at that batch size with rounds of a bounded load generator (fixed
+request count and a time limit per round; it stops by itself), so that the reference is
+timed beside the served rounds. Every request is one encoded image, decoded and
+preprocessed by the server.
 Reports requests/s, p50/p99 latency and mean batch size (images per runner call, from the
 timing each response carries), and served throughput as a ratio to in-process.
 
@@ -75,22 +77,31 @@ def sample_images(size: int, count: int = 16) -> list[bytes]:
     return out
 
 
-def in_process_best(runner, images: list[bytes], batch_sizes: list[int], seconds: float) -> tuple[float, int]:
-    """Images/s of the in-process runner on preprocessed batches, at its best batch size."""
+def _model_input(runner, images: list[bytes], batch: int) -> torch.Tensor:
+    """A preprocessed batch of the sample images, as the server would build it."""
     from stl_bench.data.decode import ImageLimits
     from stl_bench.serve.inputs import image_crop
 
     prep = Preprocessing.from_data_config(runner.info.data_config)
     crops = torch.cat([image_crop(b, prep, ImageLimits()) for b in images])
+    return prep.to_model_input(crops[torch.arange(batch) % len(crops)])
+
+
+def in_process_rate(runner, x: torch.Tensor, seconds: float) -> float:
+    """Images/s of the in-process runner on one preprocessed batch, after one untimed call."""
+    runner.predict(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        runner.predict(x).logits.cpu()  # .cpu(): waits for a GPU, as a served answer does
+        n += x.shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def in_process_best(runner, images: list[bytes], batch_sizes: list[int], seconds: float) -> tuple[float, int]:
+    """The in-process runner's best batch size (and its images/s) over `batch_sizes`."""
     best = (0.0, 0)
     for bs in batch_sizes:
-        x = prep.to_model_input(crops[torch.arange(bs) % len(crops)])
-        runner.predict(x)  # warm-up
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            runner.predict(x).logits.cpu()  # .cpu(): waits for a GPU, as a served answer does
-            n += bs
-        rate = n / (time.perf_counter() - start)
+        rate = in_process_rate(runner, _model_input(runner, images, bs), seconds)
         log.info("in-process batch %d: %.1f img/s", bs, rate)
         best = max(best, (rate, bs))
     return best
@@ -102,6 +113,7 @@ async def _load(url: str, images: list[bytes], concurrency: int, requests: int, 
     latencies: list[float] = []
     batch_requests: list[int] = []
     batch_images: list[int] = []
+    inference_ms: list[float] = []
     errors = 0
     issued = 0
     deadline = time.perf_counter() + limit_s
@@ -120,21 +132,34 @@ async def _load(url: str, images: list[bytes], concurrency: int, requests: int, 
             latencies.append(time.perf_counter() - t0)
             batch_requests.append(out["timing"]["batch_requests"])
             batch_images.append(out["timing"]["batch_images"])
+            inference_ms.append(out["timing"]["inference_ms"])
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=limit_s + 120)
     start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    done = len(latencies)
-    lat = sorted(latencies)
+    return {"seconds": time.perf_counter() - start, "errors": errors, "latencies": latencies,
+            "batch_requests": batch_requests, "batch_images": batch_images, "inference_ms": inference_ms}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Requests/s, latency percentiles and mean batch over the served rounds of one level."""
+    lat = sorted(x for r in rounds for x in r["latencies"])
+    batch_requests = [x for r in rounds for x in r["batch_requests"]]
+    batch_images = [x for r in rounds for x in r["batch_images"]]
+    done, wall = len(lat), sum(r["seconds"] for r in rounds)
+    inference_ms = [x for r in rounds for x in r["inference_ms"]]
     # each response saw its runner call: a call of k requests is reported k times
-    calls = sum(1.0 / r for r in batch_requests) or 1.0
-    return {"requests": done, "errors": errors, "seconds": wall, "req_per_s": done / wall,
+    calls = sum(1.0 / k for k in batch_requests) or 1.0
+    busy_s = sum(ms / k for ms, k in zip(inference_ms, batch_requests)) / 1000.0
+    return {"requests": done, "errors": sum(r["errors"] for r in rounds), "seconds": wall, "req_per_s": done / wall,
             "p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
-            "mean_batch": sum(batch_images[i] / batch_requests[i] for i in range(done)) / calls if done else 0.0}
+            "mean_batch": sum(i / k for i, k in zip(batch_images, batch_requests)) / calls if done else 0.0,
+            # how much of the wall time the runner was busy, and its speed while it was: tells a
+            # model starved between calls from a model slowed down by the request path's CPU
+            "model_busy": busy_s / wall if wall else 0.0, "model_img_s": done / busy_s if busy_s else float("nan")}
 
 
 def serve_config(model: str, args: argparse.Namespace, out_dir: Path) -> ServeConfig:
@@ -169,13 +194,39 @@ def _cpu_seconds() -> dict[str, float]:
     return roles
 
 
-def _load_with_cpu(url: str, images: list[bytes], c: int, requests: int, limit_s: float) -> dict:
+def _served_round(url: str, images: list[bytes], c: int, requests: int, limit_s: float) -> dict:
+    """One bounded load round, with the CPU seconds each role spent in it."""
     before = _cpu_seconds()
     r = asyncio.run(_load(url, images, c, requests, limit_s))
     after = _cpu_seconds()
-    r["cpu_ms_per_request"] = {k: round(1000 * (after[k] - before.get(k, 0.0)) / max(1, r["requests"]), 1)
-                               for k in after}
+    r["cpu_s"] = {k: after[k] - before.get(k, 0.0) for k in after}
     return r
+
+
+def measure_level(url: str, runner, x: torch.Tensor, images: list[bytes], c: int, args: argparse.Namespace) -> dict:
+    """`--rounds` alternations of an in-process round and a served round at concurrency `c`.
+
+    Shared machines change speed from minute to minute (in-process throughput moved by up
+    to 1.7x between two runs on one 2-core VM), so the reference is timed right beside
+    each served round rather than once before all of them; the ratio is then taken
+    between rates measured under the same conditions.
+    """
+    requests = max(args.requests, 4 * c)
+    rounds, in_process = [], []
+    for _ in range(args.rounds):
+        in_process.append(in_process_rate(runner, x, args.in_process_seconds))
+        rounds.append(_served_round(url, images, c, requests, args.time_limit))
+    out = summarise(rounds)
+    cpu: dict[str, float] = {}
+    for r in rounds:
+        for k, v in r["cpu_s"].items():
+            cpu[k] = cpu.get(k, 0.0) + v
+    out["cpu_ms_per_request"] = {k: round(1000 * v / max(1, out["requests"]), 1) for k, v in cpu.items()}
+    out["in_process_img_s"] = statistics.mean(in_process)
+    out["in_process_rounds"] = "/".join(f"{v:.1f}" for v in in_process)
+    out["served_rounds"] = "/".join(f"{len(r['latencies']) / r['seconds']:.1f}" for r in rounds)
+    out["served_vs_in_process"] = out["req_per_s"] / out["in_process_img_s"]
+    return out
 
 
 def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
@@ -183,24 +234,24 @@ def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dic
     runner = open_runner(cfg.source, model_name=cfg.model, device=cfg.device, amp_dtype=_AMP[cfg.amp])
     size = int(runner.info.data_config["input_size"][-1])
     images = sample_images(size)
-    best_rate, best_bs = in_process_best(runner, images, args.batch_sizes, args.in_process_seconds)
+    _, best_bs = in_process_best(runner, images, args.batch_sizes, args.in_process_seconds)
+    x = _model_input(runner, images, best_bs)
     name, backend = runner.info.name, runner.info.backend
-    del runner
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
     launch = LaunchOptions(port=args.port, gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0)
     server = start(cfg, launch)
     rows = []
     try:
         asyncio.run(_load(server.url, images, 4, 16, 30))  # warm-up
         for c in args.concurrency:
-            requests = max(args.requests, 4 * c)
-            r = _load_with_cpu(server.url, images, c, requests, args.time_limit)
+            r = measure_level(server.url, runner, x, images, c, args)
             r.update(model=name, source=Path(cfg.source or cfg.model).name, backend=backend, concurrency=c,
-                     in_process_img_s=best_rate, in_process_batch=best_bs, served_vs_in_process=r["req_per_s"] / best_rate)
-            log.info("%s c=%d: %.1f req/s (%.2fx in-process %.1f), p50 %.0f ms, p99 %.0f ms, mean batch %.1f, "
-                     "%d errors; CPU ms per request %s", r["model"], c, r["req_per_s"], r["served_vs_in_process"],
-                     best_rate, r["p50_ms"], r["p99_ms"], r["mean_batch"], r["errors"], r["cpu_ms_per_request"])
+                     in_process_batch=best_bs)
+            log.info("%s c=%d: %.1f req/s (%.2fx in-process %.1f img/s at batch %d; rounds served %s, in-process %s), "
+                     "p50 %.0f ms, p99 %.0f ms, mean batch %.1f, runner busy %.0f%% at %.1f img/s, %d errors; CPU ms per request %s",
+                     name, c,
+                     r["req_per_s"], r["served_vs_in_process"], r["in_process_img_s"], best_bs, r["served_rounds"],
+                     r["in_process_rounds"], r["p50_ms"], r["p99_ms"], r["mean_batch"], 100 * r["model_busy"], r["model_img_s"], r["errors"],
+                     r["cpu_ms_per_request"])
             rows.append(r)
     finally:
         server.stop()
@@ -211,13 +262,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["demo-student", "fan_tiny_12_p16_224"])
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
-    p.add_argument("--requests", type=int, default=200, help="requests per level (at least 4 x concurrency)")
+    p.add_argument("--requests", type=int, default=100,
+                   help="requests per served round (at least 4 x concurrency)")
     p.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 16, 32, 64],
                    help="in-process batch sizes tried; the best one is the reference")
-    p.add_argument("--in-process-seconds", type=float, default=5.0)
+    p.add_argument("--in-process-seconds", type=float, default=5.0, help="seconds per in-process timing")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="in-process and served rounds alternated per level (each served round: --requests requests)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
                    help="onnx: export and serve with ONNX Runtime (CPU); torch: serve the checkpoint / model name")
@@ -233,7 +287,8 @@ def main() -> None:
         for model in args.models:
             rows += bench_model(model, args, Path(tmp))
     cols = ["model", "backend", "concurrency", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "mean_batch",
-            "in_process_img_s", "in_process_batch", "served_vs_in_process", "cpu_ms_per_request"]
+            "in_process_img_s", "in_process_batch", "served_vs_in_process", "model_busy", "model_img_s", "served_rounds", "in_process_rounds",
+            "cpu_ms_per_request"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]).replace("|", "/") for c in cols)

@@ -95,8 +95,8 @@ class StlBenchModel:
                                   min_side=self.cfg.min_side)
         self.predict_batch.set_max_batch_size(self.cfg.max_batch)
         self.predict_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000.0)
-        self._inflight = 0  # requests between decoding and their answer
-        self._model_s = 0.0  # recent runner-call duration (moving average)
+        self._per_image_s = 0.0  # recent runner time per image (moving average)
+        self._call_ends = 0.0  # when the running runner call should end (perf_counter); 0: none running
         self._window_s = self.cfg.batch_wait_ms / 1000.0
         tags = ("model",)
         self.images_total = Counter("stl_bench_images", description="images predicted", tag_keys=tags)
@@ -134,13 +134,8 @@ class StlBenchModel:
             kind = check_body(body, content_type, self.cfg.max_body_bytes)
             item = await asyncio.to_thread(prepare, body, kind, self.prep, self.limits, self.cfg.max_batch,
                                            time.perf_counter())
-            self._inflight += 1
             self._tune_window()
-            try:
-                result: ItemResult = await self.predict_batch(item)
-            finally:
-                self._inflight -= 1
-                self._tune_window()
+            result: ItemResult = await self.predict_batch(item)
             result.timing.total_ms = (time.perf_counter() - start) * 1000.0
             return JSONResponse(prediction_body(result, query, self.names, self.grid, self.card))
         except RequestError as exc:
@@ -151,10 +146,15 @@ class StlBenchModel:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=lambda items: sum(i.count for i in items))
     async def predict_batch(self, items: list[PreparedItem]) -> list[ItemResult]:
         started = time.perf_counter()
-        pred = await asyncio.to_thread(self._run, items)
-        inference_ms = (time.perf_counter() - started) * 1000.0
-        self._model_s = 0.8 * self._model_s + 0.2 * inference_ms / 1000.0 if self._model_s else inference_ms / 1000.0
         total = sum(i.count for i in items)
+        self._call_ends = started + self._per_image_s * total
+        try:
+            pred = await asyncio.to_thread(self._run, items)
+        finally:
+            self._call_ends = 0.0
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        per_image = inference_ms / 1000.0 / total
+        self._per_image_s = 0.8 * self._per_image_s + 0.2 * per_image if self._per_image_s else per_image
         self.images_total.inc(total)
         self.batch_images.observe(total)
         self.inference_ms.observe(inference_ms)
@@ -170,17 +170,23 @@ class StlBenchModel:
         return out
 
     def _tune_window(self) -> None:
-        """Under load, hold a batch open for about one model call; idle, for --batch-wait-ms.
+        """Close the next batch when the runner frees up: at once when it is idle, else when
+        its running call should end (set as a request joins the queue, since Ray Serve reads
+        the wait once, when a batch's first request arrives).
 
         Ray Serve (2.60) forms the next batch while the previous one runs, closing it after
-        the batch wait, and queues it behind the running one: with a short wait and a slow
-        model, batches stay small (2 to 3 images at 32 concurrent requests here) however
-        long requests queue. Waiting about as long as a model call while other requests are
-        in flight lets one batch gather what arrives during the running call, through Ray
-        Serve's own setter; a lone request still waits only --batch-wait-ms.
+        the batch wait, and queues it behind the running one. A fixed short wait leaves a
+        slow model's batches small (2 to 3 images at 32 concurrent requests) however long
+        requests queue; a fixed wait of one model call (the first fix) idles the runner
+        whenever a batch's first request comes after the previous call ended, as every
+        request does at low concurrency (runner busy 62 % at 8 concurrent requests). Waiting
+        for the running call's expected end does neither: what arrives during a call goes
+        into the next one, and an idle runner waits only --batch-wait-ms.
         """
         base = self.cfg.batch_wait_ms / 1000.0
-        window = max(base, min(self._model_s, 1.0)) if self._inflight > 1 else base
+        window = base
+        if self._call_ends:
+            window = min(max(base, self._call_ends - time.perf_counter()), 1.0)
         if abs(window - self._window_s) > 1e-4:
             self._window_s = window
             self.predict_batch.set_batch_wait_timeout_s(window)
