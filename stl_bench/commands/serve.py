@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=arg.positive_int, default=32, help="most images in one model call")
     b.add_argument("--batch-wait-ms", type=arg.non_negative_float, default=10.0,
-                   help="how long a model call waits for more requests once one is queued")
+                   help="how long a batch waits for more requests when the model is idle (while "
+                        "it runs, the next batch gathers until that call should end)")
     b.add_argument("--max-body-mb", type=arg.positive_float, default=10.0, help="largest request body accepted")
     b.add_argument("--min-side", type=arg.positive_int, default=8, help="smallest image side accepted (pixels)")
     b.add_argument("--top-k", type=arg.positive_int, default=5, help="classes returned per image unless ?top_k= says")
