@@ -11,7 +11,7 @@ Reports requests/s, p50/p99 latency and mean batch size (images per runner call,
 timing each response carries), and served throughput as a ratio to in-process.
 
     python benchmarks/serve_load.py --models demo-student fan_tiny_12_p16_224 \
-        --concurrency 1 8 32 64 --csv benchmarks/results/serve_load_cpu.csv
+        --concurrency 1 8 32 64 --ingress haproxy --csv benchmarks/results/serve_load_cpu_haproxy.csv
 
 `demo-student` is the student of `stl-bench demo` (stl_bench_runs/demo/student/last.pt).
 """
@@ -237,7 +237,8 @@ def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dic
     _, best_bs = in_process_best(runner, images, args.batch_sizes, args.in_process_seconds)
     x = _model_input(runner, images, best_bs)
     name, backend = runner.info.name, runner.info.backend
-    launch = LaunchOptions(port=args.port, gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0)
+    launch = LaunchOptions(port=args.port, gpus_per_replica=1.0 if args.device.startswith("cuda") else 0.0,
+                           ingress=args.ingress)
     server = start(cfg, launch)
     rows = []
     try:
@@ -245,10 +246,10 @@ def bench_model(model: str, args: argparse.Namespace, out_dir: Path) -> list[dic
         for c in args.concurrency:
             r = measure_level(server.url, runner, x, images, c, args)
             r.update(model=name, source=Path(cfg.source or cfg.model).name, backend=backend, concurrency=c,
-                     in_process_batch=best_bs)
-            log.info("%s c=%d: %.1f req/s (%.2fx in-process %.1f img/s at batch %d; rounds served %s, in-process %s), "
+                     in_process_batch=best_bs, ingress=args.ingress)
+            log.info("%s %s c=%d: %.1f req/s (%.2fx in-process %.1f img/s at batch %d; rounds served %s, in-process %s), "
                      "p50 %.0f ms, p99 %.0f ms, mean batch %.1f, runner busy %.0f%% at %.1f img/s, %d errors; CPU ms per request %s",
-                     name, c,
+                     name, args.ingress, c,
                      r["req_per_s"], r["served_vs_in_process"], r["in_process_img_s"], best_bs, r["served_rounds"],
                      r["in_process_rounds"], r["p50_ms"], r["p99_ms"], r["mean_batch"], 100 * r["model_busy"], r["model_img_s"], r["errors"],
                      r["cpu_ms_per_request"])
@@ -273,6 +274,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="in-process and served rounds alternated per level (each served round: --requests requests)")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
+                   help="what answers on the port: Ray Serve's Python proxy or HAProxy (stl-bench serve --ingress)")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
                    help="onnx: export and serve with ONNX Runtime (CPU); torch: serve the checkpoint / model name")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for one GPU replica (torch backend)")
@@ -286,7 +289,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             rows += bench_model(model, args, Path(tmp))
-    cols = ["model", "backend", "concurrency", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "mean_batch",
+    cols = ["model", "backend", "ingress", "concurrency", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "mean_batch",
             "in_process_img_s", "in_process_batch", "served_vs_in_process", "model_busy", "model_img_s", "served_rounds", "in_process_rounds",
             "cpu_ms_per_request"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,20 +45,38 @@ def _multipart(field: str, filename: str, data: bytes, ctype: str) -> tuple[byte
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.fixture(scope="module")
-def server(http, tiny_checkpoint, free_port, tmp_path_factory):
+def _ingress(name: str):
+    from stl_bench.serve.ingress import haproxy_missing
+
+    marks = [pytest.mark.skipif(bool(haproxy_missing()), reason=str(haproxy_missing()))] if name == "haproxy" else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+def _start_up_lines(proc: subprocess.Popen) -> list[str]:
+    """What the server printed up to its last start-up line (it is healthy by then)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        if line.startswith("Ctrl-C stops the server"):
+            break
+    return lines
+
+
+@pytest.fixture(scope="module", params=[_ingress("proxy"), _ingress("haproxy")])
+def server(http, tiny_checkpoint, free_port, tmp_path_factory, request):
     root = tmp_path_factory.mktemp("serve")
     ckpt = tiny_checkpoint(root / "student.pt", seed=3, arch=TOKEN_ARCH)
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = [sys.executable, "-m", "stl_bench", "serve", str(ckpt), "--port", str(port), "--max-batch", "16",
-           "--batch-wait-ms", "30", "--max-body-mb", str(MAX_BODY_MB), "--metrics-port", str(metrics_port)]
+           "--batch-wait-ms", "30", "--max-body-mb", str(MAX_BODY_MB), "--metrics-port", str(metrics_port), "--ingress", request.param]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         http.wait_health(url, proc)
-        yield {"url": url, "port": port, "proc": proc, "ckpt": ckpt, "root": root, "metrics_port": metrics_port}
+        yield {"url": url, "port": port, "proc": proc, "ckpt": ckpt, "root": root, "metrics_port": metrics_port,
+               "ingress": request.param, "start_up": _start_up_lines(proc)}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -77,6 +96,9 @@ def _in_process(ckpt: Path, paths: list[Path]):
 
 def test_start_up_prints_url_and_curl(http, server):
     assert server["proc"].poll() is None
+    text = "\n".join(server["start_up"])
+    assert f"serving at {server['url']} through {server['ingress']}" in text
+    assert f"curl -s -F image=@photo.jpg {server['url']}/v1/predict" in text
     status, card = http.request(server["url"] + "/v1/model")
     assert status == 200 and card["name"] == TOKEN_ARCH and card["head"] == "fused" and card["token_grid"] == [8, 8]
     assert card["backend"] == "torch" and card["precision"] == "fp32" and len(card["checkpoint_sha256"]) == 64
@@ -145,17 +167,20 @@ def _png(w: int, h: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("body, ctype, status", [
-    (b"definitely not an image", "image/jpeg", 400),
-    (b"", "image/png", 400),
-    (None, "image/jpeg", 400),  # truncated JPEG, made below
-    (b"\xff" * (MAX_BODY_MB * 2**20 + 10), "image/png", 413),
-    (None, "image/png", 422),  # 1 x 1
-    (None, "image/png", 422),  # 20000 x 20
-    (b"{}", "application/json", 415),
-], ids=["not-image", "empty", "truncated-jpeg", "too-big", "1x1", "20000x20", "json"])
-def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, digit_png, server, request, body, ctype, status):
-    case = request.node.callspec.id
+BAD_REQUESTS = {  # case: (body, content type, status); None: made in the test
+    "not-image": (b"definitely not an image", "image/jpeg", 400),
+    "empty": (b"", "image/png", 400),
+    "truncated-jpeg": (None, "image/jpeg", 400),
+    "too-big": (b"\xff" * (MAX_BODY_MB * 2**20 + 10), "image/png", 413),
+    "1x1": (None, "image/png", 422),
+    "20000x20": (None, "image/png", 422),
+    "json": (b"{}", "application/json", 415),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(http, digit_png, server, case):
+    body, ctype, status = BAD_REQUESTS[case]
     if case == "truncated-jpeg":
         buf = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
@@ -210,7 +235,15 @@ def test_http_port_listens_on_loopback_only(server):
     # Ray's own gRPC services bind every interface whatever _node_ip_address says (protected by
     # its token authentication); the README's security note names them: nothing else may
     ray_services = ("gcs_server", "raylet")
-    assert all(n in ray_services or n.startswith("ray::") or n.startswith("python") for n in exposed), exposed
+    assert all(n in ray_services or n.startswith("ray::") or n.startswith("python") or n == "haproxy"
+               for n in exposed), exposed
+    # HAProxy (--ingress haproxy): only its statistics and metrics ports, the ones start-up names
+    haproxy = {port for ip, port, name in sockets if name == "haproxy" and ip not in ("127.0.0.1", "::1")}
+    named = set()
+    for line in server["start_up"]:
+        if line.startswith("HAProxy's statistics"):
+            named = {int(p) for p in re.findall(r"\(:(\d+)/", line)}
+    assert haproxy == named and len(named) == (2 if server["ingress"] == "haproxy" else 0), (haproxy, named)
 
 
 def test_a_killed_replica_is_restarted(http, digit_png, server):
@@ -238,7 +271,7 @@ def test_ctrl_c_shuts_down_cleanly(server):
     assert family  # Ray's processes: GCS, raylet, workers
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 0
-    out = proc.stdout.read()
+    out = "\n".join(server["start_up"]) + proc.stdout.read()
     assert f"serving at http://127.0.0.1:{server['port']}" in out and "curl" in out
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, [p.name() for p in alive]  # nothing of Ray is left behind

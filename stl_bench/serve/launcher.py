@@ -2,7 +2,8 @@
 
 Embedded default (no `--address`): a local Ray instance with token authentication on,
 its node address and dashboard kept off the network where Ray allows it
-(`_node_ip_address=127.0.0.1`, no dashboard), and Ray Serve's HTTP proxy on 127.0.0.1.
+(`_node_ip_address=127.0.0.1`, no dashboard), and the HTTP port on 127.0.0.1, behind
+Ray Serve's Python proxy, or HAProxy with `ingress="haproxy"` (`ingress.py`).
 `--address auto|ray://...` joins an existing cluster instead; replicas then land
 wherever the cluster has the CPUs and GPUs asked for.
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from stl_bench.deploy.runner import is_endpoint_url
 from stl_bench.errors import StlBenchError
+from stl_bench.serve import ingress as ingresses
 from stl_bench.serve.protocol import HEALTH, PREDICT, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,11 @@ class LaunchOptions:
     cpus_per_replica: float | None = None  # default: this machine's cores / replicas (embedded)
     gpus_per_replica: float = 0.0
     metrics_port: int | None = None  # Ray's Prometheus endpoint (embedded instance); None: Ray picks
+    ingress: str = "proxy"  # embedded instance: Ray Serve's Python proxy, or haproxy (its high-throughput mode)
 
     def __post_init__(self) -> None:
+        if self.ingress not in ingresses.INGRESSES:
+            raise StlBenchError(f"--ingress must be one of {', '.join(ingresses.INGRESSES)}, not {self.ingress}")
         if not 0 < self.port < 65536:
             raise StlBenchError(f"--port must be 1..65535, not {self.port}")
         if self.replicas < 1:
@@ -127,7 +132,9 @@ def write_config(path: Path, cfg: ServeConfig, launch: LaunchOptions) -> Path:
     }
     text = ("# Ray Serve config written by `stl-bench serve --write-config`; deploy with `serve deploy "
             f"{Path(path).name}`\n# on a running Ray cluster whose nodes have stl-bench installed and the model "
-            "file at the path below.\n") + yaml.safe_dump(config, sort_keys=False)
+            "file at the path below.\n# HAProxy ingress (Ray Serve's high-throughput mode) is the cluster's choice: "
+            "start its nodes with\n# " + " ".join(f"{k}={v}" for k, v in ingresses.HAPROXY_ENV.items())
+            + " (KubeRay: the pods' env).\n") + yaml.safe_dump(config, sort_keys=False)
     path = Path(path)
     try:
         write_text(path, text)
@@ -149,9 +156,12 @@ def _replica_error(exc: Exception) -> str:
 class Server:
     """A running application; `stop()` takes down what `start` brought up."""
 
-    def __init__(self, launch: LaunchOptions, embedded: bool) -> None:
+    def __init__(self, launch: LaunchOptions, embedded: bool, ingress: str = "the cluster's ingress",
+                 haproxy: dict[str, str] | None = None) -> None:
         self.launch = launch
         self.embedded = embedded
+        self.ingress = ingress  # haproxy or proxy (embedded); a joined cluster's own choice otherwise
+        self.haproxy = haproxy or {}  # HAProxy's statistics and metrics ports
 
     @property
     def url(self) -> str:
@@ -185,10 +195,15 @@ class Server:
                 ray.shutdown()
 
 
+
 def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.0) -> Server:
     """Bring the application up and return once `/v1/health` answers 200."""
     preflight(cfg, launch)
-    if launch.address is not None:
+    embedded = launch.address is None
+    ingress, haproxy = "the cluster's ingress", {}
+    if embedded:
+        ingress, haproxy = launch.ingress, ingresses.configure(launch.ingress)  # before Ray's processes start
+    else:
         use_local_token_to_join()
     try:
         import ray
@@ -197,7 +212,6 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
         raise StlBenchError(_INSTALL) from None
     from stl_bench.serve.deployment import APP_NAME, build_app
 
-    embedded = launch.address is None
     if embedded:
         # Ray >= 2.52 turns token authentication on for a new local instance when RAY_AUTH_MODE
         # is unset (preflight refused "disabled"); checked below, never switched off here.
@@ -209,7 +223,7 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
                                 f"ray>=2.52 or set {AUTH_ENV}=token")
     else:
         ray.init(address=launch.address, namespace="stl-bench", logging_level=logging.WARNING)
-    server = Server(launch, embedded)
+    server = Server(launch, embedded, ingress, haproxy)
     try:
         quiet = {"log_level": "WARNING"}  # per-request access lines stay in Ray's log files, not the console
         serve.start(http_options={"host": launch.host, "port": launch.port},
