@@ -182,7 +182,7 @@ def _cpu_seconds() -> dict[str, float]:
     roles: dict[str, float] = {}
     for p in psutil.process_iter(["pid", "name"]):
         name = p.info["name"] or ""
-        role = ("replica" if "ServeReplica" in name else "http proxy" if "ProxyActor" in name
+        role = ("replica" if "ServeReplica" in name else "http proxy" if "ProxyActor" in name or name == "haproxy"
                 else "load generator" if p.info["pid"] == os.getpid() else "ray other" if name.startswith(("ray::", "gcs", "raylet"))
                 else None)
         if role:
