@@ -67,12 +67,18 @@ def configure(ingress: str) -> dict[str, str]:
         raise StlBenchError(f"--ingress haproxy: {missing}; or serve with --ingress proxy")
     os.environ.update(HAPROXY_ENV)
     os.environ.setdefault(DRAIN_ENV, EMBEDDED_DRAIN_S)
-    for name in PORT_ENV:
-        os.environ[name] = str(free_port())
+    for name, port in zip(PORT_ENV, free_ports(len(PORT_ENV))):
+        os.environ[name] = str(port)
     return {"stats_port": os.environ[PORT_ENV[0]], "metrics_port": os.environ[PORT_ENV[1]]}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (all held open while choosing, so none repeats)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
