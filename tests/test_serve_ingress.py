@@ -54,3 +54,17 @@ def test_old_ray_is_named(monkeypatch):
 def test_unknown_ingress_is_refused():
     with pytest.raises(StlBenchError, match="proxy, haproxy"):
         ingress.configure("nginx")
+
+
+def test_haproxy_ports_a_user_chose_are_kept(clean_env):
+    clean_env.setattr(ingress, "haproxy_missing", lambda: None)
+    clean_env.setenv("RAY_SERVE_HAPROXY_METRICS_PORT", "19101")
+    info = ingress.configure("haproxy")
+    assert info["metrics_port"] == "19101" and info["stats_port"] != "19101"
+
+
+def test_ports_picked_here_are_picked_afresh_at_the_next_start(clean_env):
+    clean_env.setattr(ingress, "haproxy_missing", lambda: None)
+    first = ingress.configure("haproxy")
+    clean_env.setattr(ingress, "free_ports", lambda n: [40001, 40002][:n])
+    assert ingress.configure("haproxy") == {"stats_port": "40001", "metrics_port": "40002"} != first

@@ -36,6 +36,7 @@ EMBEDDED_DRAIN_S = "2"
 # Ray's template; given free ports here so that two servers on one machine do not collide.
 PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 MIN_RAY = (2, 56)
+_CHOSEN: dict[str, str] = {}  # the ports this process picked, re-picked at each start
 
 
 def haproxy_missing() -> str | None:
@@ -68,7 +69,8 @@ def configure(ingress: str) -> dict[str, str]:
     os.environ.update(HAPROXY_ENV)
     os.environ.setdefault(DRAIN_ENV, EMBEDDED_DRAIN_S)
     for name, port in zip(PORT_ENV, free_ports(len(PORT_ENV))):
-        os.environ[name] = str(port)
+        if os.environ.get(name) in (None, _CHOSEN.get(name)):  # a port the user chose (to scrape it) is kept
+            os.environ[name] = _CHOSEN[name] = str(port)
     return {"stats_port": os.environ[PORT_ENV[0]], "metrics_port": os.environ[PORT_ENV[1]]}
 
 
