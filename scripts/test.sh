@@ -7,7 +7,7 @@
 #                                 (under 10 minutes on 2 cores)
 #   bash scripts/test.sh --all    slow tests too (the 20-variant export sweep, the live
 #                                 Ray Serve server, the official golden logits, the demo
-#                                 end to end): what CI runs (.ci/run), about 25 minutes
+#                                 end to end): what CI runs (.ci/run), about 30 minutes
 #                                 on 2 cores of an AMD EPYC
 # Further arguments go to pytest.
 set -euo pipefail
