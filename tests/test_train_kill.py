@@ -65,6 +65,11 @@ def teacher(tmp_path_factory, tiny_checkpoint) -> Path:
 
 
 def _child(argv: list[str], kill: str) -> None:
+    # Data-loader workers forked from this process, as from `stl-bench train` itself: started
+    # through the forkserver (this process's inherited default), their parent would be the
+    # server, so PyTorch's watchdog (it waits for the parent to change) would never see this
+    # process die, and each SIGKILL below would leave them running for good.
+    multiprocessing.set_start_method("fork", force=True)
     os.environ[ENV] = kill
     sys.exit(main(argv))
 
