@@ -11,7 +11,7 @@ Reports requests/s, p50/p99 latency and mean batch size (images per runner call,
 timing each response carries), and served throughput as a ratio to in-process.
 
     python benchmarks/serve_load.py --models demo-student fan_tiny_12_p16_224 \
-        --concurrency 1 8 32 64 --ingress haproxy --csv benchmarks/results/serve_load_cpu_haproxy.csv
+        --concurrency 1 8 32 64 --ingress haproxy --csv benchmarks/results/serve_load_cpu_2core_haproxy.csv
 
 `demo-student` is the student of `stl-bench demo` (stl_bench_runs/demo/student/last.pt).
 """
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import stl_bench  # noqa: E402,F401
 from stl_bench.deploy.open import open_runner  # noqa: E402
 from stl_bench.evaluate.preprocess import Preprocessing  # noqa: E402
+from stl_bench.serve.ingress import INGRESSES  # noqa: E402
 from stl_bench.serve.launcher import LaunchOptions, start  # noqa: E402
 from stl_bench.serve.protocol import PREDICT, ServeConfig  # noqa: E402
 
@@ -105,10 +106,11 @@ def in_process_best(runner, images: list[bytes], batch_sizes: list[int], seconds
     pass let one slow minute of a shared VM pick batch 1 (23.9 img/s) over batch 8
     (30 img/s in the run before), which made every ratio of that run flatter the server.
     """
+    inputs = {bs: _model_input(runner, images, bs) for bs in batch_sizes}
     rates: dict[int, list[float]] = {bs: [] for bs in batch_sizes}
     for _ in range(passes):
-        for bs in batch_sizes:
-            rates[bs].append(in_process_rate(runner, _model_input(runner, images, bs), seconds))
+        for bs, x in inputs.items():
+            rates[bs].append(in_process_rate(runner, x, seconds))
     for bs, r in rates.items():
         log.info("in-process batch %d: %.1f img/s (passes %s)", bs, statistics.median(r),
                  "/".join(f"{v:.1f}" for v in r))
@@ -282,7 +284,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3,
                    help="in-process and served rounds alternated per level (each served round: --requests requests)")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
+    p.add_argument("--ingress", default="proxy", choices=INGRESSES,
                    help="what answers on the port: Ray Serve's Python proxy or HAProxy (stl-bench serve --ingress)")
     p.add_argument("--backend", default="onnx", choices=["onnx", "torch"],
                    help="onnx: export and serve with ONNX Runtime (CPU); torch: serve the checkpoint / model name")

@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from stl_bench.commands import arguments as arg
+from stl_bench.serve.ingress import INGRESSES
 
 NAME = "serve"
 HELP = "serve a model over HTTP (Ray Serve: dynamic batching, replicas, clusters)"
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs reserved per replica (default: cores / replicas)")
     s.add_argument("--gpus-per-replica", type=arg.non_negative_float, default=0.0,
                    help="GPUs per replica (fractions share a GPU)")
-    s.add_argument("--ingress", default="proxy", choices=["proxy", "haproxy"],
+    s.add_argument("--ingress", default="proxy", choices=INGRESSES,
                    help="what answers on --port (embedded instance): proxy, Ray Serve's Python proxy; haproxy, "
                    "Ray Serve's high-throughput mode (ray>=2.56, Linux): HAProxy hands each request straight to a "
                    "replica, under 1 ms of CPU per request instead of about 7, but Ray opens HAProxy's statistics "

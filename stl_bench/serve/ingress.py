@@ -53,13 +53,17 @@ def haproxy_missing() -> str | None:
     return None
 
 
+def check(ingress: str) -> str:
+    if ingress not in INGRESSES:
+        raise StlBenchError(f"unknown --ingress '{ingress}'; use one of {', '.join(INGRESSES)}")
+    return ingress
+
+
 def configure(ingress: str) -> dict[str, str]:
     """Set (haproxy) or clear (proxy) the variables for the Ray processes about to start;
     returns what a user should know of it (HAProxy's extra ports). Its config and admin socket
     go where Ray puts them, a folder per Ray node under /tmp/haproxy-serve."""
-    if ingress not in INGRESSES:
-        raise StlBenchError(f"unknown --ingress '{ingress}'; use one of {', '.join(INGRESSES)}")
-    if ingress == "proxy":
+    if check(ingress) == "proxy":
         for name in (*HAPROXY_ENV, *PORT_ENV):
             os.environ.pop(name, None)
         return {}

@@ -50,8 +50,7 @@ class LaunchOptions:
     ingress: str = "proxy"  # embedded instance: Ray Serve's Python proxy, or haproxy (its high-throughput mode)
 
     def __post_init__(self) -> None:
-        if self.ingress not in ingresses.INGRESSES:
-            raise StlBenchError(f"--ingress must be one of {', '.join(ingresses.INGRESSES)}, not {self.ingress}")
+        ingresses.check(self.ingress)
         if not 0 < self.port < 65536:
             raise StlBenchError(f"--port must be 1..65535, not {self.port}")
         if self.replicas < 1:
@@ -156,12 +155,15 @@ def _replica_error(exc: Exception) -> str:
 class Server:
     """A running application; `stop()` takes down what `start` brought up."""
 
-    def __init__(self, launch: LaunchOptions, embedded: bool, ingress: str = "the cluster's ingress",
-                 haproxy: dict[str, str] | None = None) -> None:
+    def __init__(self, launch: LaunchOptions, embedded: bool, haproxy: dict[str, str] | None = None) -> None:
         self.launch = launch
         self.embedded = embedded
-        self.ingress = ingress  # haproxy or proxy (embedded); a joined cluster's own choice otherwise
         self.haproxy = haproxy or {}  # HAProxy's statistics and metrics ports
+
+    @property
+    def ingress(self) -> str:
+        """What answers on the port: proxy or haproxy (embedded), a joined cluster's own choice."""
+        return self.launch.ingress if self.embedded else "the cluster's ingress"
 
     @property
     def url(self) -> str:
@@ -195,14 +197,13 @@ class Server:
                 ray.shutdown()
 
 
-
 def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.0) -> Server:
     """Bring the application up and return once `/v1/health` answers 200."""
     preflight(cfg, launch)
     embedded = launch.address is None
-    ingress, haproxy = "the cluster's ingress", {}
+    haproxy = {}
     if embedded:
-        ingress, haproxy = launch.ingress, ingresses.configure(launch.ingress)  # before Ray's processes start
+        haproxy = ingresses.configure(launch.ingress)  # before Ray's processes start: they read it once
     else:
         use_local_token_to_join()
     try:
@@ -223,7 +224,7 @@ def start(cfg: ServeConfig, launch: LaunchOptions, ready_timeout_s: float = 600.
                                 f"ray>=2.52 or set {AUTH_ENV}=token")
     else:
         ray.init(address=launch.address, namespace="stl-bench", logging_level=logging.WARNING)
-    server = Server(launch, embedded, ingress, haproxy)
+    server = Server(launch, embedded, haproxy)
     try:
         quiet = {"log_level": "WARNING"}  # per-request access lines stay in Ray's log files, not the console
         serve.start(http_options={"host": launch.host, "port": launch.port},
